@@ -1,0 +1,44 @@
+/**
+ * The server's datastore: the Datastore interface, its records, and the
+ * embedded SQLite implementation.
+ */
+export type {
+  AttestedNode,
+  AuthorizedEntries,
+  BatchItemResult,
+  BatchResult,
+  Datastore,
+  EntryChanges,
+  EntryFilter,
+  EntryId,
+  EntryInput,
+  FederatedBundle,
+  NodeAttestation,
+  NodeFilter,
+  NodeRenewal,
+  NodeStatus,
+  NonceConsumeResult,
+  OwnBundle,
+  Page,
+  PageRequest,
+  QuoteClock,
+  RegistrationEntry,
+  SetMatch,
+  StoreChange,
+  SvidRef,
+  Unsubscribe,
+} from './types.js';
+export {
+  ConflictError,
+  InvalidRecordError,
+  NodeBannedError,
+  NodeNotActiveError,
+  NotFoundError,
+  SchemaTooNewError,
+  StoreError,
+} from './errors.js';
+export { formatSelector, normalizeSelectors, parseSelector, type Selector } from './selectors.js';
+export { isNodeGroupEntry, serverIdOf, SERVER_ID_PATH } from './node-groups.js';
+export { MAX_SVID_TTL_SECONDS } from './validate.js';
+export { LATEST_SCHEMA_VERSION } from './migrations.js';
+export { SqliteDatastore, type SqliteDatastoreOptions } from './sqlite-datastore.js';

@@ -1,0 +1,846 @@
+/**
+ * The embedded datastore: one SQLite file through better-sqlite3 (WAL, foreign
+ * keys, busy timeout, synchronous=NORMAL). Every write is one IMMEDIATE
+ * transaction, so a failed write leaves nothing behind and writers from other
+ * connections or processes queue on the file lock instead of failing midway.
+ */
+import { EventEmitter } from 'node:events';
+import Database from 'better-sqlite3';
+import type { Database as Db, Statement } from 'better-sqlite3';
+import { SpiffeId, TrustDomain } from '../../spiffe/id.js';
+import { EntryIndex } from './entry-index.js';
+import { ConflictError, InvalidRecordError, NodeBannedError, NodeNotActiveError, NotFoundError, StoreError } from './errors.js';
+import { migrate } from './migrations.js';
+import { RowDecoder, type BundleRow, type EntryRow, type NodeRow } from './rows.js';
+import { formatSelector, normalizeSelectors, selectorSetKey, type Selector } from './selectors.js';
+import { setMatchSql } from './set-match-sql.js';
+import type {
+  AttestedNode,
+  AuthorizedEntries,
+  BatchItemResult,
+  BatchResult,
+  Datastore,
+  EntryChanges,
+  EntryFilter,
+  EntryInput,
+  FederatedBundle,
+  NodeAttestation,
+  NodeFilter,
+  NodeRenewal,
+  NonceConsumeResult,
+  OwnBundle,
+  Page,
+  PageRequest,
+  QuoteClock,
+  RegistrationEntry,
+  StoreChange,
+  SvidRef,
+  Unsubscribe,
+} from './types.js';
+import { entryIdFrom, normalizeEntry, type NormalizedEntry } from './validate.js';
+
+export interface SqliteDatastoreOptions {
+  /** The database file (created when missing). */
+  readonly path: string;
+  /** How long a writer waits for another connection's lock; default 5000 ms. */
+  readonly busyTimeoutMs?: number;
+  /** Time source for createdAt/updatedAt/lastSeen; default `new Date()`. */
+  readonly clock?: () => Date;
+}
+
+const DEFAULT_PAGE = 100;
+const MAX_PAGE = 1000;
+const MAX_JSON_TEXT = 1 << 20;
+const HEX64 = /^[0-9a-f]{64}$/;
+const HEX = /^[0-9a-f]+$/;
+const UINT64_MAX = (1n << 64n) - 1n;
+/** A day: a cache (or agent) that falls further behind than this reloads everything. */
+const TOMBSTONE_RETENTION_MS = 24 * 3600 * 1000;
+
+/** Thrown inside a batch transaction to roll it back after collecting every item's result. */
+class RollBack extends Error {}
+
+function toStoreError(e: unknown): StoreError {
+  if (e instanceof StoreError) return e;
+  const code = (e as { code?: unknown })?.code;
+  if (code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY') {
+    return new ConflictError(String((e as Error).message));
+  }
+  if (code === 'SQLITE_BUSY') return new StoreError('the database is locked by another writer (busy timeout expired)', { cause: e });
+  if (e instanceof TypeError && /not open/.test(e.message)) return new StoreError('the store is closed', { cause: e });
+  return new StoreError(`sqlite: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+}
+
+function encodeCursor(key: string): string {
+  return Buffer.from(key, 'utf8').toString('base64url');
+}
+
+function decodeCursor(cursor: string, valid: (key: string) => boolean): string {
+  const key = typeof cursor === 'string' ? Buffer.from(cursor, 'base64url').toString('utf8') : '';
+  if (!valid(key) || encodeCursor(key) !== cursor) throw new InvalidRecordError('cursor', 'not a cursor this store handed out');
+  return key;
+}
+
+function pageLimit(page: PageRequest | undefined): number {
+  const limit = page?.limit ?? DEFAULT_PAGE;
+  if (!Number.isSafeInteger(limit) || limit < 1 || limit > MAX_PAGE) {
+    throw new InvalidRecordError('limit', `must be a whole number in 1..${MAX_PAGE}`);
+  }
+  return limit;
+}
+
+function validDate(field: string, d: unknown): Date {
+  if (!(d instanceof Date) || Number.isNaN(d.getTime())) throw new InvalidRecordError(field, 'not a valid Date');
+  return d;
+}
+
+function checkJwks(field: string, text: string): void {
+  if (typeof text !== 'string' || text.length > MAX_JSON_TEXT) throw new InvalidRecordError(field, `must be JSON text of at most ${MAX_JSON_TEXT} bytes`);
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch {
+    throw new InvalidRecordError(field, 'is not JSON');
+  }
+  if (typeof doc !== 'object' || doc === null || !Array.isArray((doc as { keys?: unknown }).keys)) {
+    throw new InvalidRecordError(field, 'is not a JWKS (an object with a "keys" list)');
+  }
+}
+
+function checkAgentId(id: unknown): SpiffeId {
+  if (!(id instanceof SpiffeId) || id.isTrustDomainId) throw new InvalidRecordError('agentId', 'not a SPIFFE ID with a path');
+  return id;
+}
+
+function checkSvid(svid: SvidRef): SvidRef {
+  if (typeof svid?.serial !== 'string' || !HEX.test(svid.serial) || svid.serial.length > 40) {
+    throw new InvalidRecordError('svid.serial', 'must be 1-40 lowercase hex digits');
+  }
+  validDate('svid.notAfter', svid.notAfter);
+  return svid;
+}
+
+function checkQuote(q: QuoteClock): QuoteClock {
+  if (typeof q?.clock !== 'bigint' || q.clock < 0n || q.clock > UINT64_MAX) throw new InvalidRecordError('quote.clock', 'must be a UINT64 bigint');
+  for (const [f, v] of [['quote.resetCount', q.resetCount], ['quote.restartCount', q.restartCount]] as const) {
+    if (!Number.isSafeInteger(v) || v < 0 || v > 0xffffffff) throw new InvalidRecordError(f, 'must be a UINT32');
+  }
+  return q;
+}
+
+export class SqliteDatastore implements Datastore {
+  private readonly statements = new Map<string, Statement>();
+  private readonly events = new EventEmitter();
+  private readonly clock: () => Date;
+  /** Changes of the write transaction in progress, announced once it commits. */
+  private pending: StoreChange[] | undefined;
+  private index: EntryIndex | undefined;
+
+  private constructor(
+    private readonly db: Db,
+    clock: () => Date,
+  ) {
+    this.clock = clock;
+    this.events.setMaxListeners(0);
+  }
+
+  /** Opens (creating and migrating when needed) the database file. Throws SchemaTooNewError, StoreError. */
+  static open(options: SqliteDatastoreOptions): SqliteDatastore {
+    const timeout = options.busyTimeoutMs ?? 5000;
+    let db: Db | undefined;
+    try {
+      db = new Database(options.path, { timeout });
+      db.pragma('journal_mode = WAL');
+      db.pragma('foreign_keys = ON');
+      db.pragma(`busy_timeout = ${Math.max(0, Math.trunc(timeout))}`);
+      db.pragma('synchronous = NORMAL');
+      migrate(db);
+      return new SqliteDatastore(db, options.clock ?? (() => new Date()));
+    } catch (e) {
+      db?.close();
+      throw toStoreError(e);
+    }
+  }
+
+  // ── plumbing ──────────────────────────────────────────────────────────────
+
+  private stmt(sql: string): Statement {
+    let s = this.statements.get(sql);
+    if (!s) this.statements.set(sql, (s = this.db.prepare(sql)));
+    return s;
+  }
+
+  /** Runs `fn` and turns whatever it throws into a rejected StoreError. */
+  private run<T>(fn: () => T): Promise<T> {
+    try {
+      return Promise.resolve(fn());
+    } catch (e) {
+      return Promise.reject(toStoreError(e));
+    }
+  }
+
+  /** One IMMEDIATE transaction; change events go out only after it commits. */
+  private write<T>(fn: () => T): T {
+    const changes: StoreChange[] = [];
+    this.pending = changes;
+    let result: T;
+    try {
+      result = this.db.transaction(fn).immediate();
+    } finally {
+      this.pending = undefined;
+    }
+    for (const c of changes) {
+      // Listeners run after the caller's write has returned; a throwing listener must not look like a failed write.
+      queueMicrotask(() => this.events.emit('change', c));
+    }
+    return result;
+  }
+
+  /** Bumps the store revision inside the current write transaction. */
+  private bump(kind: StoreChange['kind']): number {
+    const row = this.stmt(
+      `UPDATE store_revision SET revision = revision + 1,
+         entries_revision = CASE WHEN ? THEN revision + 1 ELSE entries_revision END
+       WHERE id = 1 RETURNING revision`,
+    ).get(kind === 'entries' ? 1 : 0) as { revision: number };
+    this.pending?.push({ kind, revision: row.revision });
+    return row.revision;
+  }
+
+  private readonly decoder = new RowDecoder();
+
+  // ── entries ───────────────────────────────────────────────────────────────
+
+  private entryRow(id: string): EntryRow | undefined {
+    return this.stmt('SELECT * FROM entries WHERE id = ?').get(id) as EntryRow | undefined;
+  }
+
+  private checkUnique(n: NormalizedEntry, exceptId: string | undefined): void {
+    const clash = this.stmt('SELECT id FROM entries WHERE spiffe_id = ? AND parent_id = ? AND selectors_key = ?').get(
+      n.spiffeId.toString(),
+      n.parentId.toString(),
+      n.selectorsKey,
+    ) as { id: string } | undefined;
+    if (clash && clash.id !== exceptId) {
+      throw new ConflictError(
+        `an entry for ${n.spiffeId.toString()} under ${n.parentId.toString()} with selectors ${n.selectors.map(formatSelector).join(', ')} already exists (${clash.id})`,
+        clash.id,
+      );
+    }
+  }
+
+  private writeEntryChildren(id: string, n: NormalizedEntry): void {
+    this.stmt('DELETE FROM entry_selectors WHERE entry_id = ?').run(id);
+    this.stmt('DELETE FROM entry_federates_with WHERE entry_id = ?').run(id);
+    const sel = this.stmt('INSERT INTO entry_selectors (entry_id, selector) VALUES (?, ?)');
+    for (const s of n.selectors) sel.run(id, formatSelector(s));
+    const fed = this.stmt('INSERT INTO entry_federates_with (entry_id, trust_domain) VALUES (?, ?)');
+    for (const td of n.federatesWith) fed.run(id, td.name);
+  }
+
+  private entryValues(n: NormalizedEntry): unknown[] {
+    return [
+      n.spiffeId.toString(),
+      n.parentId.toString(),
+      n.selectorsKey,
+      n.federatesKey,
+      n.x509SvidTtl ?? null,
+      n.jwtSvidTtl ?? null,
+      JSON.stringify(n.dnsNames),
+      n.admin ? 1 : 0,
+      n.downstream ? 1 : 0,
+      n.hint ?? null,
+      n.expiresAt?.getTime() ?? null,
+    ];
+  }
+
+  /** Inside a write transaction. */
+  private insertEntry(input: EntryInput, revision: number, now: number): RegistrationEntry {
+    const id = entryIdFrom(input.id);
+    const n = normalizeEntry(input);
+    if (this.entryRow(id)) throw new ConflictError(`entry id ${id} already exists`, id);
+    this.checkUnique(n, undefined);
+    this.stmt(
+      `INSERT INTO entries (id, spiffe_id, parent_id, selectors_key, federates_key, x509_svid_ttl, jwt_svid_ttl,
+         dns_names, admin, downstream, hint, expires_at, revision, created_at, updated_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    ).run(id, ...this.entryValues(n), revision, now, now);
+    this.writeEntryChildren(id, n);
+    return this.decoder.entry(this.entryRow(id)!);
+  }
+
+  createEntry(input: EntryInput): Promise<RegistrationEntry> {
+    return this.run(() => this.write(() => this.insertEntry(input, this.bump('entries'), this.clock().getTime())));
+  }
+
+  /**
+   * Each item runs in its own savepoint so every failure is reported; if any
+   * failed, the whole transaction is rolled back and the others say so.
+   */
+  private batch<I, T>(items: readonly I[], one: (item: I, revision: number, now: number) => T): BatchResult<T> {
+    if (!Array.isArray(items)) throw new InvalidRecordError('batch', 'not a list');
+    if (items.length === 0) return { committed: true, results: [] };
+    const results: BatchItemResult<T>[] = [];
+    try {
+      this.write(() => {
+        const revision = this.bump('entries');
+        const now = this.clock().getTime();
+        for (const item of items) {
+          try {
+            results.push({ status: 'done', value: this.db.transaction(() => one(item, revision, now))() });
+          } catch (e) {
+            results.push({ status: 'failed', error: toStoreError(e) });
+          }
+        }
+        if (results.some((r) => r.status === 'failed')) throw new RollBack();
+      });
+    } catch (e) {
+      if (!(e instanceof RollBack)) throw e;
+      return {
+        committed: false,
+        results: results.map((r) => (r.status === 'done' ? { status: 'rolled-back' as const } : r)),
+      };
+    }
+    return { committed: true, results };
+  }
+
+  createEntries(inputs: readonly EntryInput[]): Promise<BatchResult<RegistrationEntry>> {
+    return this.run(() => this.batch(inputs, (input, revision, now) => this.insertEntry(input, revision, now)));
+  }
+
+  getEntry(id: string): Promise<RegistrationEntry | undefined> {
+    return this.run(() => {
+      const row = typeof id === 'string' ? this.entryRow(id) : undefined;
+      return row && this.decoder.entry(row);
+    });
+  }
+
+  updateEntry(id: string, changes: EntryChanges, options?: { readonly ifRevision?: number }): Promise<RegistrationEntry> {
+    return this.run(() =>
+      this.write(() => {
+        const row = this.entryRow(id);
+        if (!row) throw new NotFoundError('entry', id);
+        if (options?.ifRevision !== undefined && options.ifRevision !== row.revision) {
+          throw new ConflictError(`entry ${id} changed since revision ${options.ifRevision} (now ${row.revision})`, id);
+        }
+        const cur = this.decoder.entry(row);
+        const pick = <K extends keyof EntryChanges>(k: K, current: unknown) => (k in changes ? (changes[k] ?? undefined) : current);
+        const n = normalizeEntry({
+          spiffeId: (changes.spiffeId ?? cur.spiffeId) as SpiffeId,
+          parentId: (changes.parentId ?? cur.parentId) as SpiffeId,
+          selectors: changes.selectors ?? cur.selectors,
+          x509SvidTtl: pick('x509SvidTtl', cur.x509SvidTtl) as number | undefined,
+          jwtSvidTtl: pick('jwtSvidTtl', cur.jwtSvidTtl) as number | undefined,
+          dnsNames: changes.dnsNames ?? cur.dnsNames,
+          federatesWith: changes.federatesWith ?? cur.federatesWith,
+          admin: changes.admin ?? cur.admin,
+          downstream: changes.downstream ?? cur.downstream,
+          hint: pick('hint', cur.hint) as string | undefined,
+          expiresAt: pick('expiresAt', cur.expiresAt) as Date | undefined,
+        });
+        this.checkUnique(n, id);
+        const revision = this.bump('entries');
+        this.stmt(
+          `UPDATE entries SET spiffe_id = ?, parent_id = ?, selectors_key = ?, federates_key = ?, x509_svid_ttl = ?,
+             jwt_svid_ttl = ?, dns_names = ?, admin = ?, downstream = ?, hint = ?, expires_at = ?, revision = ?, updated_at = ?
+           WHERE id = ?`,
+        ).run(...this.entryValues(n), revision, this.clock().getTime(), id);
+        this.writeEntryChildren(id, n);
+        return this.decoder.entry(this.entryRow(id)!);
+      }),
+    );
+  }
+
+  /** Inside a write transaction; leaves a tombstone so caches and syncs see the deletion. */
+  private removeEntry(id: string, revision: number, now: number): RegistrationEntry {
+    const row = typeof id === 'string' ? this.entryRow(id) : undefined;
+    if (!row) throw new NotFoundError('entry', String(id));
+    this.stmt('DELETE FROM entries WHERE id = ?').run(id);
+    this.stmt('INSERT INTO entry_tombstones (id, revision, deleted_at) VALUES (?, ?, ?)').run(id, revision, now);
+    return this.decoder.entry(row);
+  }
+
+  /** Drops tombstones older than TOMBSTONE_RETENTION_MS and raises the floor past them. */
+  private pruneTombstones(now: number): void {
+    const cutoff = now - TOMBSTONE_RETENTION_MS;
+    const top = this.stmt('SELECT max(revision) FROM entry_tombstones WHERE deleted_at < ?').pluck().get(cutoff) as number | null;
+    if (top === null) return;
+    this.stmt('DELETE FROM entry_tombstones WHERE deleted_at < ?').run(cutoff);
+    this.stmt('UPDATE store_revision SET tombstone_floor = max(tombstone_floor, ?) WHERE id = 1').run(top);
+  }
+
+  deleteEntry(id: string): Promise<RegistrationEntry> {
+    return this.run(() =>
+      this.write(() => {
+        const now = this.clock().getTime();
+        const e = this.removeEntry(id, this.bump('entries'), now);
+        this.pruneTombstones(now);
+        return e;
+      }),
+    );
+  }
+
+  deleteEntries(ids: readonly string[]): Promise<BatchResult<RegistrationEntry>> {
+    return this.run(() => {
+      const result = this.batch(ids, (id, revision, now) => this.removeEntry(id, revision, now));
+      if (result.committed && ids.length) this.write(() => this.pruneTombstones(this.clock().getTime()));
+      return result;
+    });
+  }
+
+  listEntries(filter: EntryFilter = {}, page?: PageRequest): Promise<Page<RegistrationEntry>> {
+    return this.run(() => {
+      const limit = pageLimit(page);
+      const where: string[] = [];
+      const params: unknown[] = [];
+      if (page?.cursor !== undefined) {
+        where.push('e.id > ?');
+        params.push(decodeCursor(page.cursor, (k) => /^[0-9a-f-]{36}$/.test(k)));
+      }
+      if (filter.parentId) {
+        where.push('e.parent_id = ?');
+        params.push(filter.parentId.toString());
+      }
+      if (filter.spiffeId) {
+        where.push('e.spiffe_id = ?');
+        params.push(filter.spiffeId.toString());
+      }
+      if (filter.hint !== undefined) {
+        where.push('e.hint = ?');
+        params.push(filter.hint);
+      }
+      if (filter.downstream !== undefined) {
+        where.push('e.downstream = ?');
+        params.push(filter.downstream ? 1 : 0);
+      }
+      if (filter.selectors) {
+        const sel = normalizeSelectors(filter.selectors.selectors, 'filter.selectors');
+        const m = setMatchSql(
+          { table: 'entry_selectors', ownerColumn: 'entry_id', valueColumn: 'selector', ownerKey: 'e.id', canonicalColumn: 'e.selectors_key' },
+          filter.selectors.match,
+          sel.map(formatSelector),
+          selectorSetKey(sel),
+        );
+        where.push(m.sql);
+        params.push(...m.params);
+      }
+      if (filter.federatesWith) {
+        const names = [...new Set(filter.federatesWith.trustDomains.map((t) => t.name))].sort();
+        const m = setMatchSql(
+          { table: 'entry_federates_with', ownerColumn: 'entry_id', valueColumn: 'trust_domain', ownerKey: 'e.id', canonicalColumn: 'e.federates_key' },
+          filter.federatesWith.match,
+          names,
+          JSON.stringify(names),
+        );
+        where.push(m.sql);
+        params.push(...m.params);
+      }
+      const sql = `SELECT e.* FROM entries e ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY e.id LIMIT ?`;
+      const rows = this.db.prepare(sql).all(...params, limit + 1) as EntryRow[];
+      const more = rows.length > limit;
+      const items = rows.slice(0, limit).map((r) => this.decoder.entry(r));
+      return { items, nextCursor: more ? encodeCursor(items[items.length - 1]!.id) : undefined };
+    });
+  }
+
+  /**
+   * The index for the current entries revision. Brought forward with the rows
+   * written and the tombstones left since its revision (one read snapshot);
+   * rebuilt from scratch only at first use or when the tombstones it needs were pruned.
+   */
+  private currentIndex(): EntryIndex {
+    const head = this.stmt('SELECT entries_revision AS r, tombstone_floor AS floor FROM store_revision WHERE id = 1').get() as {
+      r: number;
+      floor: number;
+    };
+    const index = this.index;
+    if (index?.revision === head.r) return index;
+    const refresh = this.db.transaction(() => {
+      const r = this.stmt('SELECT entries_revision FROM store_revision WHERE id = 1').pluck().get() as number;
+      if (!index || index.revision < head.floor) {
+        const rows = this.stmt('SELECT * FROM entries').all() as EntryRow[];
+        return new EntryIndex(
+          rows.map((row) => this.decoder.entry(row)),
+          r,
+        );
+      }
+      const rows = this.stmt('SELECT * FROM entries WHERE revision > ?').all(index.revision) as EntryRow[];
+      const gone = this.stmt('SELECT id FROM entry_tombstones WHERE revision > ?').pluck().all(index.revision) as string[];
+      index.apply(
+        rows.map((row) => this.decoder.entry(row)),
+        gone,
+        r,
+      );
+      return index;
+    });
+    this.index = refresh.deferred();
+    return this.index;
+  }
+
+  authorizedEntries(agentId: SpiffeId, agentNodeSelectors: readonly Selector[], now?: Date): Promise<AuthorizedEntries> {
+    return this.run(() => {
+      checkAgentId(agentId);
+      const selectors = normalizeSelectors(agentNodeSelectors, 'agentNodeSelectors');
+      const index = this.currentIndex();
+      const at = now === undefined ? this.clock() : validDate('now', now);
+      return { entries: index.authorized(agentId, selectors, at), revision: index.revision };
+    });
+  }
+
+  // ── attested nodes ────────────────────────────────────────────────────────
+
+  private nodeRow(agentId: SpiffeId): NodeRow | undefined {
+    return this.stmt('SELECT * FROM nodes WHERE agent_id = ?').get(agentId.toString()) as NodeRow | undefined;
+  }
+
+  private nodeAfterWrite(agentId: SpiffeId): AttestedNode {
+    return this.decoder.node(this.nodeRow(agentId)!);
+  }
+
+  private writeNodeSelectors(agentId: string, selectors: readonly Selector[]): void {
+    this.stmt('DELETE FROM node_selectors WHERE agent_id = ?').run(agentId);
+    const ins = this.stmt('INSERT INTO node_selectors (agent_id, selector) VALUES (?, ?)');
+    for (const s of selectors) ins.run(agentId, formatSelector(s));
+  }
+
+  recordAttestation(a: NodeAttestation): Promise<AttestedNode> {
+    return this.run(() => {
+      const agentId = checkAgentId(a?.agentId);
+      if (typeof a.ekPublicHash !== 'string' || !HEX64.test(a.ekPublicHash)) {
+        throw new InvalidRecordError('ekPublicHash', 'must be 64 lowercase hex digits (SHA-256)');
+      }
+      if (a.akName !== undefined && (typeof a.akName !== 'string' || !HEX.test(a.akName) || a.akName.length % 2 || a.akName.length > 132)) {
+        throw new InvalidRecordError('akName', 'must be lowercase hex of a TPM name');
+      }
+      const selectors = normalizeSelectors(a.selectors, 'selectors');
+      const svid = checkSvid(a.svid);
+      const q = checkQuote(a.quote);
+      const id = agentId.toString();
+      return this.write(() => {
+        const row = this.nodeRow(agentId);
+        if (row?.status === 'banned') throw new NodeBannedError(id, row.banned_reason ?? '');
+        const owner = this.stmt('SELECT agent_id FROM nodes WHERE ek_public_hash = ?').pluck().get(a.ekPublicHash) as string | undefined;
+        if (owner !== undefined && owner !== id) throw new ConflictError(`EK ${a.ekPublicHash} is already recorded for ${owner}`, owner);
+        if (row && row.ek_public_hash !== a.ekPublicHash) throw new ConflictError(`${id} is recorded with another EK (${row.ek_public_hash})`, id);
+        const revision = this.bump('nodes');
+        const now = this.clock().getTime();
+        this.stmt(
+          `INSERT INTO nodes (agent_id, ek_public_hash, ak_name, attestation_type, selectors_key, status, status_since,
+             banned_reason, svid_serial, svid_not_after, quote_clock, quote_reset_count, quote_restart_count,
+             first_seen, last_seen, revision)
+           VALUES (?, ?, ?, 'tpm', ?, 'active', ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (agent_id) DO UPDATE SET ak_name = excluded.ak_name, selectors_key = excluded.selectors_key,
+             status = 'active', status_since = CASE WHEN nodes.status = 'active' THEN nodes.status_since ELSE excluded.status_since END,
+             banned_reason = NULL, svid_serial = excluded.svid_serial, svid_not_after = excluded.svid_not_after,
+             quote_clock = excluded.quote_clock, quote_reset_count = excluded.quote_reset_count,
+             quote_restart_count = excluded.quote_restart_count, last_seen = excluded.last_seen, revision = excluded.revision`,
+        ).run(
+          id,
+          a.ekPublicHash,
+          a.akName ?? null,
+          selectorSetKey(selectors),
+          now,
+          svid.serial,
+          svid.notAfter.getTime(),
+          q.clock.toString(),
+          q.resetCount,
+          q.restartCount,
+          now,
+          now,
+          revision,
+        );
+        this.writeNodeSelectors(id, selectors);
+        return this.nodeAfterWrite(agentId);
+      });
+    });
+  }
+
+  renewNode(agentId: SpiffeId, r: NodeRenewal): Promise<AttestedNode> {
+    return this.run(() => {
+      const id = checkAgentId(agentId).toString();
+      const selectors = normalizeSelectors(r?.selectors, 'selectors');
+      const svid = checkSvid(r.svid);
+      const q = checkQuote(r.quote);
+      return this.write(() => {
+        const row = this.nodeRow(agentId);
+        if (!row) throw new NotFoundError('node', id);
+        if (row.status === 'banned') throw new NodeBannedError(id, row.banned_reason ?? '');
+        if (row.status !== 'active') throw new NodeNotActiveError(id, 'evicted');
+        if (r.ifSvidSerial !== undefined && r.ifSvidSerial !== row.svid_serial) {
+          throw new ConflictError(`${id} no longer holds SVID ${r.ifSvidSerial} (renewed meanwhile)`, id);
+        }
+        const revision = this.bump('nodes');
+        this.stmt(
+          `UPDATE nodes SET selectors_key = ?, svid_serial = ?, svid_not_after = ?, quote_clock = ?, quote_reset_count = ?,
+             quote_restart_count = ?, last_seen = ?, revision = ? WHERE agent_id = ?`,
+        ).run(selectorSetKey(selectors), svid.serial, svid.notAfter.getTime(), q.clock.toString(), q.resetCount, q.restartCount, this.clock().getTime(), revision, id);
+        this.writeNodeSelectors(id, selectors);
+        return this.nodeAfterWrite(agentId);
+      });
+    });
+  }
+
+  getNode(agentId: SpiffeId): Promise<AttestedNode | undefined> {
+    return this.run(() => {
+      const row = this.nodeRow(checkAgentId(agentId));
+      return row && this.decoder.node(row);
+    });
+  }
+
+  getNodeByEkHash(ekPublicHash: string): Promise<AttestedNode | undefined> {
+    return this.run(() => {
+      const row = this.stmt('SELECT * FROM nodes WHERE ek_public_hash = ?').get(String(ekPublicHash).toLowerCase()) as NodeRow | undefined;
+      return row && this.decoder.node(row);
+    });
+  }
+
+  listNodes(filter: NodeFilter = {}, page?: PageRequest): Promise<Page<AttestedNode>> {
+    return this.run(() => {
+      const limit = pageLimit(page);
+      const where: string[] = [];
+      const params: unknown[] = [];
+      if (page?.cursor !== undefined) {
+        where.push('n.agent_id > ?');
+        params.push(decodeCursor(page.cursor, (k) => k.startsWith('spiffe://')));
+      }
+      if (filter.status !== undefined) {
+        where.push('n.status = ?');
+        params.push(filter.status);
+      }
+      if (filter.lastSeenBefore !== undefined) {
+        where.push('n.last_seen < ?');
+        params.push(validDate('lastSeenBefore', filter.lastSeenBefore).getTime());
+      }
+      if (filter.selectors) {
+        const sel = normalizeSelectors(filter.selectors.selectors, 'filter.selectors');
+        const m = setMatchSql(
+          { table: 'node_selectors', ownerColumn: 'agent_id', valueColumn: 'selector', ownerKey: 'n.agent_id', canonicalColumn: 'n.selectors_key' },
+          filter.selectors.match,
+          sel.map(formatSelector),
+          selectorSetKey(sel),
+        );
+        where.push(m.sql);
+        params.push(...m.params);
+      }
+      const sql = `SELECT n.* FROM nodes n ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY n.agent_id LIMIT ?`;
+      const rows = this.db.prepare(sql).all(...params, limit + 1) as NodeRow[];
+      const more = rows.length > limit;
+      const items = rows.slice(0, limit).map((r) => this.decoder.node(r));
+      return { items, nextCursor: more ? encodeCursor(items[items.length - 1]!.agentId.toString()) : undefined };
+    });
+  }
+
+  /** Moves a node to evicted or banned; the SVID it held stops being renewable. */
+  private setNodeStatus(agentId: SpiffeId, to: 'evicted' | 'banned', reason: string | null): AttestedNode {
+    const id = checkAgentId(agentId).toString();
+    return this.write(() => {
+      const row = this.nodeRow(agentId);
+      if (!row) throw new NotFoundError('node', id);
+      const revision = this.bump('nodes');
+      this.stmt(
+        `UPDATE nodes SET status = ?, status_since = CASE WHEN status = ? THEN status_since ELSE ? END, banned_reason = ?,
+           svid_serial = NULL, svid_not_after = NULL, revision = ? WHERE agent_id = ?`,
+      ).run(to, to, this.clock().getTime(), reason, revision, id);
+      return this.nodeAfterWrite(agentId);
+    });
+  }
+
+  evictNode(agentId: SpiffeId): Promise<AttestedNode> {
+    return this.run(() => {
+      const row = this.nodeRow(checkAgentId(agentId));
+      if (row?.status === 'banned') throw new ConflictError(`${agentId.toString()} is banned; unban it instead`, agentId.toString());
+      return this.setNodeStatus(agentId, 'evicted', null);
+    });
+  }
+
+  banNode(agentId: SpiffeId, reason: string): Promise<AttestedNode> {
+    return this.run(() => {
+      if (typeof reason !== 'string' || reason.trim() === '' || reason.length > 1024) {
+        throw new InvalidRecordError('reason', 'a ban needs a reason of 1-1024 characters');
+      }
+      return this.setNodeStatus(agentId, 'banned', reason);
+    });
+  }
+
+  unbanNode(agentId: SpiffeId): Promise<AttestedNode> {
+    return this.run(() => {
+      const row = this.nodeRow(checkAgentId(agentId));
+      if (row && row.status !== 'banned') throw new ConflictError(`${agentId.toString()} is not banned`, agentId.toString());
+      return this.setNodeStatus(agentId, 'evicted', null);
+    });
+  }
+
+  // ── bundles ───────────────────────────────────────────────────────────────
+
+  private bundleRow(td: TrustDomain): BundleRow | undefined {
+    if (!(td instanceof TrustDomain)) throw new InvalidRecordError('trustDomain', 'not a TrustDomain');
+    return this.stmt('SELECT * FROM bundles WHERE trust_domain = ?').get(td.name) as BundleRow | undefined;
+  }
+
+  getOwnBundle(trustDomain: TrustDomain): Promise<OwnBundle | undefined> {
+    return this.run(() => {
+      const row = this.bundleRow(trustDomain);
+      return row?.kind === 'own' ? this.decoder.ownBundle(row) : undefined;
+    });
+  }
+
+  setOwnBundle(trustDomain: TrustDomain, jwks: string, sequence: number): Promise<OwnBundle> {
+    return this.run(() => {
+      checkJwks('jwks', jwks);
+      if (!Number.isSafeInteger(sequence) || sequence < 0) throw new InvalidRecordError('sequence', 'must be a whole number ≥ 0');
+      return this.write(() => {
+        const row = this.bundleRow(trustDomain);
+        if (row?.kind === 'federated') throw new ConflictError(`${trustDomain.name} is a federated trust domain`);
+        if (row && row.sequence !== null && row.sequence >= sequence) {
+          throw new ConflictError(`bundle sequence ${sequence} of ${trustDomain.name} is not greater than the stored ${row.sequence}`);
+        }
+        this.bump('bundles');
+        this.stmt(
+          `INSERT INTO bundles (trust_domain, kind, jwks, sequence, refresh_hint, updated_at) VALUES (?, 'own', ?, ?, NULL, ?)
+           ON CONFLICT (trust_domain) DO UPDATE SET jwks = excluded.jwks, sequence = excluded.sequence, updated_at = excluded.updated_at`,
+        ).run(trustDomain.name, jwks, sequence, this.clock().getTime());
+        return this.decoder.ownBundle(this.bundleRow(trustDomain)!);
+      });
+    });
+  }
+
+  getFederatedBundle(trustDomain: TrustDomain): Promise<FederatedBundle | undefined> {
+    return this.run(() => {
+      const row = this.bundleRow(trustDomain);
+      return row?.kind === 'federated' ? this.decoder.federatedBundle(row) : undefined;
+    });
+  }
+
+  setFederatedBundle(trustDomain: TrustDomain, jwks: string, refreshHint?: number): Promise<FederatedBundle> {
+    return this.run(() => {
+      checkJwks('jwks', jwks);
+      if (refreshHint !== undefined && (!Number.isSafeInteger(refreshHint) || refreshHint <= 0)) {
+        throw new InvalidRecordError('refreshHint', 'must be a whole number of seconds > 0');
+      }
+      return this.write(() => {
+        const row = this.bundleRow(trustDomain);
+        if (row?.kind === 'own') throw new ConflictError(`${trustDomain.name} is this store's own trust domain`);
+        this.bump('bundles');
+        this.stmt(
+          `INSERT INTO bundles (trust_domain, kind, jwks, sequence, refresh_hint, updated_at) VALUES (?, 'federated', ?, NULL, ?, ?)
+           ON CONFLICT (trust_domain) DO UPDATE SET jwks = excluded.jwks, refresh_hint = excluded.refresh_hint, updated_at = excluded.updated_at`,
+        ).run(trustDomain.name, jwks, refreshHint ?? null, this.clock().getTime());
+        return this.decoder.federatedBundle(this.bundleRow(trustDomain)!);
+      });
+    });
+  }
+
+  listFederatedBundles(): Promise<readonly FederatedBundle[]> {
+    return this.run(() =>
+      (this.stmt(`SELECT * FROM bundles WHERE kind = 'federated' ORDER BY trust_domain`).all() as BundleRow[]).map((r) =>
+        this.decoder.federatedBundle(r),
+      ),
+    );
+  }
+
+  deleteFederatedBundle(trustDomain: TrustDomain): Promise<void> {
+    return this.run(() =>
+      this.write(() => {
+        const row = this.bundleRow(trustDomain);
+        if (row?.kind !== 'federated') throw new NotFoundError('bundle', trustDomain.name);
+        const users = this.stmt('SELECT count(*) FROM entry_federates_with WHERE trust_domain = ?').pluck().get(trustDomain.name) as number;
+        if (users > 0) throw new ConflictError(`${users} entries federate with ${trustDomain.name}`);
+        this.stmt('DELETE FROM bundles WHERE trust_domain = ?').run(trustDomain.name);
+        this.bump('bundles');
+      }),
+    );
+  }
+
+  // ── CA journal ────────────────────────────────────────────────────────────
+
+  getCaJournal(serverId: string): Promise<string | undefined> {
+    return this.run(() => this.stmt('SELECT journal FROM ca_journals WHERE server_id = ?').pluck().get(String(serverId)) as string | undefined);
+  }
+
+  putCaJournal(serverId: string, json: string): Promise<void> {
+    return this.run(() => {
+      if (typeof serverId !== 'string' || serverId.length === 0 || serverId.length > 256) {
+        throw new InvalidRecordError('serverId', 'must be 1-256 characters');
+      }
+      if (typeof json !== 'string' || json.length > MAX_JSON_TEXT) throw new InvalidRecordError('journal', `must be JSON text of at most ${MAX_JSON_TEXT} bytes`);
+      try {
+        JSON.parse(json);
+      } catch {
+        throw new InvalidRecordError('journal', 'is not JSON');
+      }
+      // The CA treats a saved journal as durable (it may then use a new key), so this one
+      // commit is synced to disk even though the store otherwise runs synchronous=NORMAL.
+      this.db.pragma('synchronous = FULL');
+      try {
+        this.write(() => {
+          this.stmt(
+            `INSERT INTO ca_journals (server_id, journal, updated_at) VALUES (?, ?, ?)
+             ON CONFLICT (server_id) DO UPDATE SET journal = excluded.journal, updated_at = excluded.updated_at`,
+          ).run(serverId, json, this.clock().getTime());
+        });
+      } finally {
+        this.db.pragma('synchronous = NORMAL');
+      }
+    });
+  }
+
+  // ── nonces ────────────────────────────────────────────────────────────────
+
+  issueNonce(nonce: string, expiresAt: Date, context: string): Promise<void> {
+    return this.run(() => {
+      if (typeof nonce !== 'string' || nonce.length < 16 || nonce.length > 512) throw new InvalidRecordError('nonce', 'must be 16-512 characters');
+      if (typeof context !== 'string' || context.length > 4096) throw new InvalidRecordError('context', 'must be at most 4096 characters');
+      const exp = validDate('expiresAt', expiresAt).getTime();
+      this.write(() => {
+        if (this.stmt('SELECT 1 FROM nonces WHERE nonce = ?').get(nonce)) throw new ConflictError('nonce already issued');
+        this.stmt('INSERT INTO nonces (nonce, context, expires_at, used_at) VALUES (?, ?, ?, NULL)').run(nonce, context, exp);
+      });
+    });
+  }
+
+  consumeNonce(nonce: string, now: Date): Promise<NonceConsumeResult> {
+    return this.run(() => {
+      const t = validDate('now', now).getTime();
+      if (typeof nonce !== 'string') return { kind: 'unknown' as const };
+      return this.write((): NonceConsumeResult => {
+        // The conditional UPDATE is the single-use guarantee: under the write lock only one caller can flip used_at.
+        const won = this.stmt('UPDATE nonces SET used_at = ? WHERE nonce = ? AND used_at IS NULL AND expires_at > ? RETURNING context')
+          .pluck()
+          .get(t, nonce, t) as string | undefined;
+        if (won !== undefined) return { kind: 'consumed', context: won };
+        const row = this.stmt('SELECT expires_at, used_at FROM nonces WHERE nonce = ?').get(nonce) as
+          | { expires_at: number; used_at: number | null }
+          | undefined;
+        if (!row) return { kind: 'unknown' };
+        if (row.used_at !== null) return { kind: 'used', usedAt: new Date(row.used_at) };
+        return { kind: 'expired', expiredAt: new Date(row.expires_at) };
+      });
+    });
+  }
+
+  pruneNonces(now: Date): Promise<number> {
+    return this.run(() => {
+      const t = validDate('now', now).getTime();
+      return this.write(() => this.stmt('DELETE FROM nonces WHERE expires_at <= ?').run(t).changes);
+    });
+  }
+
+  // ── change feed ───────────────────────────────────────────────────────────
+
+  currentRevision(): Promise<number> {
+    return this.run(() => this.stmt('SELECT revision FROM store_revision WHERE id = 1').pluck().get() as number);
+  }
+
+  subscribe(listener: (change: StoreChange) => void): Unsubscribe {
+    this.events.on('change', listener);
+    return () => this.events.off('change', listener);
+  }
+
+  close(): Promise<void> {
+    return this.run(() => {
+      if (this.db.open) this.db.close();
+      this.index = undefined;
+      this.statements.clear();
+    });
+  }
+}

@@ -1,0 +1,115 @@
+/**
+ * Checks an entry before it is written and brings it to canonical form
+ * (sorted, de-duplicated sets), so that the uniqueness rule compares like with like.
+ */
+import { randomUUID } from 'node:crypto';
+import { SpiffeId, TrustDomain } from '../../spiffe/id.js';
+import { InvalidRecordError } from './errors.js';
+import { isServerId } from './node-groups.js';
+import { normalizeSelectors, selectorSetKey, type Selector } from './selectors.js';
+import type { EntryId, EntryInput } from './types.js';
+
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+/** A year: longer-lived SVIDs defeat the point of short-lived identity. */
+export const MAX_SVID_TTL_SECONDS = 365 * 24 * 3600;
+const MAX_HINT_LENGTH = 1024;
+const DNS_LABEL_RE = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/;
+
+export interface NormalizedEntry {
+  readonly spiffeId: SpiffeId;
+  readonly parentId: SpiffeId;
+  readonly selectors: readonly Selector[];
+  readonly selectorsKey: string;
+  readonly x509SvidTtl: number | undefined;
+  readonly jwtSvidTtl: number | undefined;
+  readonly dnsNames: readonly string[];
+  readonly federatesWith: readonly TrustDomain[];
+  readonly federatesKey: string;
+  readonly admin: boolean;
+  readonly downstream: boolean;
+  readonly hint: string | undefined;
+  readonly expiresAt: Date | undefined;
+}
+
+export function entryIdFrom(id: string | undefined): EntryId {
+  if (id === undefined) return randomUUID() as EntryId;
+  if (typeof id !== 'string' || !UUID_RE.test(id)) throw new InvalidRecordError('id', `${JSON.stringify(id)} is not a lowercase UUID`);
+  return id as EntryId;
+}
+
+function ttl(field: string, v: number | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  if (!Number.isSafeInteger(v) || v <= 0 || v > MAX_SVID_TTL_SECONDS) {
+    throw new InvalidRecordError(field, `must be a whole number of seconds in 1..${MAX_SVID_TTL_SECONDS}, got ${String(v)}`);
+  }
+  return v;
+}
+
+export function dnsNameProblem(name: string): string | undefined {
+  if (typeof name !== 'string' || name.length === 0) return 'empty';
+  if (name.length > 253) return 'longer than 253 characters';
+  const labels = name.split('.');
+  for (let i = 0; i < labels.length; i++) {
+    const label = labels[i]!;
+    if (i === 0 && label === '*' && labels.length > 1) continue; // one leading wildcard label
+    if (!DNS_LABEL_RE.test(label)) return `label ${JSON.stringify(label)} is not a lowercase DNS label`;
+  }
+  return undefined;
+}
+
+function spiffeId(field: string, v: unknown): SpiffeId {
+  if (!(v instanceof SpiffeId)) throw new InvalidRecordError(field, 'not a SpiffeId');
+  if (v.isTrustDomainId) throw new InvalidRecordError(field, `${v.toString()} has no path`);
+  return v;
+}
+
+export function normalizeEntry(input: Omit<EntryInput, 'id'>): NormalizedEntry {
+  const sid = spiffeId('spiffeId', input.spiffeId);
+  const pid = spiffeId('parentId', input.parentId);
+  if (!sid.trustDomain.equals(pid.trustDomain)) {
+    throw new InvalidRecordError('parentId', `${pid.toString()} is not in the trust domain of ${sid.toString()}`);
+  }
+  if (isServerId(sid)) throw new InvalidRecordError('spiffeId', `${sid.toString()} is the server's own ID`);
+  const selectors = normalizeSelectors(input.selectors);
+  if (selectors.length === 0) throw new InvalidRecordError('selectors', 'an entry needs at least one selector');
+
+  const dnsNames = [...new Set(input.dnsNames ?? [])];
+  for (const n of dnsNames) {
+    const p = dnsNameProblem(n);
+    if (p) throw new InvalidRecordError('dnsNames', `${JSON.stringify(n)}: ${p}`);
+  }
+  const fed = new Map<string, TrustDomain>();
+  for (const td of input.federatesWith ?? []) {
+    if (!(td instanceof TrustDomain)) throw new InvalidRecordError('federatesWith', 'not a TrustDomain');
+    if (td.equals(sid.trustDomain)) throw new InvalidRecordError('federatesWith', `an entry does not federate with its own trust domain ${td.name}`);
+    fed.set(td.name, td);
+  }
+  const federatesWith = [...fed.keys()].sort().map((k) => fed.get(k)!);
+
+  const hint = input.hint === undefined || input.hint === '' ? undefined : input.hint;
+  if (hint !== undefined && (typeof hint !== 'string' || hint.length > MAX_HINT_LENGTH)) {
+    throw new InvalidRecordError('hint', `must be a string of at most ${MAX_HINT_LENGTH} characters`);
+  }
+  const expiresAt = input.expiresAt;
+  if (expiresAt !== undefined && (!(expiresAt instanceof Date) || Number.isNaN(expiresAt.getTime()))) {
+    throw new InvalidRecordError('expiresAt', 'not a valid Date');
+  }
+  for (const [field, v] of [['admin', input.admin], ['downstream', input.downstream]] as const) {
+    if (v !== undefined && typeof v !== 'boolean') throw new InvalidRecordError(field, 'not a boolean');
+  }
+  return {
+    spiffeId: sid,
+    parentId: pid,
+    selectors,
+    selectorsKey: selectorSetKey(selectors),
+    x509SvidTtl: ttl('x509SvidTtl', input.x509SvidTtl),
+    jwtSvidTtl: ttl('jwtSvidTtl', input.jwtSvidTtl),
+    dnsNames,
+    federatesWith,
+    federatesKey: JSON.stringify(federatesWith.map((t) => t.name)),
+    admin: input.admin ?? false,
+    downstream: input.downstream ?? false,
+    hint,
+    expiresAt,
+  };
+}
