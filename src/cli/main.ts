@@ -1,0 +1,70 @@
+#!/usr/bin/env node
+/**
+ * The `keel` command. Sub-commands are loaded lazily so that `keel entry list`
+ * does not pay for the TPM addon or the HSM module.
+ */
+import { CliError, type Command } from './command.js';
+
+const commands: Record<string, () => Promise<Command>> = {
+  'server run': async () => (await import('./server-run.js')).serverRun,
+  'agent run': async () => (await import('./agent-run.js')).agentRun,
+  demo: async () => (await import('./demo.js')).demo,
+  'tpm inspect': async () => (await import('./tpm-inspect.js')).tpmInspect,
+  'policy create-from-machine': async () => (await import('./policy.js')).policyCreateFromMachine,
+  'policy check': async () => (await import('./policy.js')).policyCheck,
+};
+
+function usage(): string {
+  const names = Object.keys(commands).sort();
+  return ['usage: keel <command> [flags]', '', 'commands:', ...names.map((n) => `  keel ${n}`), '', 'Run `keel <command> --help` for its flags.'].join('\n');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
+    console.log(usage());
+    return argv.length === 0 ? 2 : 0;
+  }
+  // Longest matching command name wins: `agent api fetch x509` before `agent`.
+  let name: string | undefined;
+  for (let n = Math.min(4, argv.length); n >= 1; n--) {
+    const candidate = argv.slice(0, n).join(' ');
+    if (candidate in commands) {
+      name = candidate;
+      break;
+    }
+  }
+  if (!name) {
+    console.error(`keel: unknown command "${argv.slice(0, 2).join(' ')}"\n\n${usage()}`);
+    return 2;
+  }
+  const cmd = await commands[name]!();
+  const rest = argv.slice(name.split(' ').length);
+  if (rest.includes('--help') || rest.includes('-h')) {
+    console.log(`usage: keel ${name} ${cmd.usage}\n\n${cmd.description}`);
+    return 0;
+  }
+  try {
+    return await cmd.run(rest);
+  } catch (e) {
+    if (e instanceof CliError) {
+      console.error(`keel ${name}: ${e.message}`);
+      return e.exitCode;
+    }
+    const err = e as Error;
+    console.error(`keel ${name}: ${err.name}: ${err.message}`);
+    return 1;
+  }
+}
+
+const isEntry = import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith('/cli/main.js') || process.argv[1]?.endsWith('/cli/main.ts');
+if (isEntry) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (e) => {
+      console.error(e);
+      process.exitCode = 1;
+    },
+  );
+}
