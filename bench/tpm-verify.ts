@@ -24,7 +24,7 @@ try {
     const sel = [{ bank: 'sha256' as const, pcrs: PCRS }];
     const values = (await dev.pcrRead(sel)).get('sha256')!;
     const pcrValues = PCRS.map((p) => values.get(p)!);
-    const quotes = [];
+    const quotes: { nonce: Buffer; attest: Buffer; signature: Buffer }[] = [];
     for (let i = 0; i < N; i++) {
       const nonce = randomBytes(32);
       quotes.push({ nonce, ...(await dev.quote(ak, sel, nonce)) });

@@ -6,12 +6,7 @@
 import { CliError, type Command } from './command.js';
 
 const commands: Record<string, () => Promise<Command>> = {
-  'server run': async () => (await import('./server-run.js')).serverRun,
-  'agent run': async () => (await import('./agent-run.js')).agentRun,
   demo: async () => (await import('./demo.js')).demo,
-  'tpm inspect': async () => (await import('./tpm-inspect.js')).tpmInspect,
-  'policy create-from-machine': async () => (await import('./policy.js')).policyCreateFromMachine,
-  'policy check': async () => (await import('./policy.js')).policyCheck,
 };
 
 function usage(): string {
