@@ -1,0 +1,664 @@
+/**
+ * keel's certificate authority: X.509-SVIDs and JWT-SVIDs signed with keys
+ * that live in the HSM, rotated on the SPIFFE schedule, and found again after
+ * a restart through the journal (labels, ids, certificates, states).
+ */
+import { X509Certificate, randomBytes, type KeyObject } from 'node:crypto';
+import { SpiffeId, TrustDomain } from '../../spiffe/id.js';
+import type { Signer } from '../../spiffe/signer.js';
+import { TrustBundle } from '../../spiffe/bundle.js';
+import { CaConfigError, CaIssueError, CaStateError } from './errors.js';
+import { parseCsr, isParsedCsr, type ParsedCsr } from './csr.js';
+import { LeafTemplate } from './leaf-template.js';
+import { buildCaCertificate, readCaCertificate, type CaCertificateInfo } from './ca-certificate.js';
+import { randomSerial } from './serial.js';
+import { algorithmForKeyType, type CaKeyHandle, type CaKeyStore, type CaKeyType } from './key-store.js';
+import type { AuthorityState, CaJournal, CaJournalState } from './journal.js';
+import { DEFAULT_SCHEDULE, nextRotationStep, type RotationSchedule, type AuthoritySlot } from './rotation.js';
+import { mintJwtSvid } from '../../spiffe/jwt-svid.js';
+
+export interface UpstreamAuthority {
+  /** DER: the upstream certificate whose key `signer` holds first, then its intermediates (root optional). */
+  readonly chainDer: readonly Buffer[];
+  /** The upstream key: in an HSM, or (tests) in memory from a PEM file. */
+  readonly signer: Signer;
+  /** The roots published in the bundle; by default the self-signed last certificate of `chainDer`. */
+  readonly trustAnchorsDer?: readonly Buffer[];
+}
+
+export interface CertificateAuthorityOptions {
+  readonly trustDomain: TrustDomain | string;
+  readonly keys: CaKeyStore;
+  readonly journal: CaJournal;
+  /** Milliseconds since the epoch; injectable for rotation tests. */
+  readonly now?: () => number;
+  readonly x509: {
+    readonly keyType?: CaKeyType;
+    /** Lifetime of each CA certificate (clamped to the upstream's notAfter in intermediate mode). */
+    readonly caTtlSeconds: number;
+    /** Longest X.509-SVID lifetime; requests above it are clamped. */
+    readonly svidMaxTtlSeconds: number;
+    /** Subject O of leaves and CA certificates (default "keel"). */
+    readonly organization?: string;
+    readonly upstream?: UpstreamAuthority;
+  };
+  readonly jwt: {
+    readonly keyType?: CaKeyType;
+    readonly keyTtlSeconds: number;
+    readonly svidMaxTtlSeconds: number;
+  };
+  readonly schedule?: Partial<RotationSchedule>;
+  /** notBefore is set this far in the past for clock skew (default 10 s). */
+  readonly backdateSeconds?: number;
+  /** HSM labels are `<prefix>-x509-ca-<n>` and `<prefix>-jwt-<n>` (default "keel"). */
+  readonly keyLabelPrefix?: string;
+  /** How often the timer runs rotation (default 10 s; 0: no timer, call rotate() yourself). */
+  readonly rotationCheckIntervalMs?: number;
+  /** Errors of timer-driven rotation and of key destruction, which have no caller to throw to. */
+  readonly onError?: (err: unknown) => void;
+}
+
+export interface X509SvidRequest {
+  /** A CSR (DER or PEM) or one already checked with parseCsr. */
+  readonly csr: ParsedCsr | Uint8Array | string;
+  readonly spiffeId: SpiffeId | string;
+  readonly dnsNames?: readonly string[];
+  readonly ttlSeconds: number;
+}
+
+export interface IssuedX509Svid {
+  readonly certDer: Buffer;
+  /** What follows the leaf in the SVID: keel's CA if it is an intermediate, then upstream intermediates. Empty for a self-signed CA. */
+  readonly chainDer: readonly Buffer[];
+  readonly spiffeId: string;
+  /** Hex, as `openssl x509 -serial` prints it (upper case). */
+  readonly serial: string;
+  readonly notBefore: Date;
+  readonly notAfter: Date;
+  /** HSM label and id (hex CKA_ID) of the CA key that signed it (audit). */
+  readonly caKeyLabel: string;
+  readonly caKeyId: string;
+}
+
+export interface JwtSvidRequest {
+  readonly spiffeId: SpiffeId | string;
+  readonly audience: string | readonly string[];
+  readonly ttlSeconds: number;
+}
+
+export interface IssuedJwtSvid {
+  readonly token: string;
+  readonly spiffeId: string;
+  readonly audience: readonly string[];
+  readonly kid: string;
+  readonly issuedAt: Date;
+  readonly expiresAt: Date;
+  readonly keyLabel: string;
+}
+
+export interface AuthorityStatus {
+  readonly kind: 'x509' | 'jwt';
+  readonly index: number;
+  readonly label: string;
+  readonly state: AuthorityState;
+  readonly notBefore: Date;
+  readonly notAfter: Date;
+  readonly issuedUntil: Date | null;
+  /** x509: the CA certificate; jwt: undefined. */
+  readonly certificateDer?: Buffer;
+  /** jwt: the kid. */
+  readonly kid?: string;
+}
+
+interface Slot extends AuthoritySlot {
+  index: number;
+  state: AuthorityState;
+  readonly label: string;
+  readonly key: CaKeyHandle;
+  readonly signer: Signer;
+  readonly notBeforeMs: number;
+  readonly notAfterMs: number;
+  /** Exact, in memory. */
+  issuedUntilMs: number | null;
+  /** Bound already in a journal write that completed. */
+  durableUntilMs: number | null;
+  /** Bound in the journal write under way or scheduled. */
+  pendingUntilMs: number | null;
+}
+interface X509Slot extends Slot {
+  readonly cert: CaCertificateInfo;
+  readonly template: LeafTemplate;
+}
+interface JwtSlot extends Slot {
+  readonly kid: string;
+}
+
+const MAX_DNS_NAMES = 32;
+const DNS_LABEL = /^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$/;
+
+function dnsNameProblem(name: unknown): string | undefined {
+  if (typeof name !== 'string') return 'not a string';
+  if (name.length === 0 || name.length > 253) return 'length must be 1..253';
+  const labels = name.split('.');
+  for (let i = 0; i < labels.length; i++) {
+    const l = labels[i]!;
+    if (i === 0 && l === '*' && labels.length > 2) continue;
+    if (!DNS_LABEL.test(l)) return `label ${JSON.stringify(l)} is not a DNS label`;
+  }
+  return undefined;
+}
+
+function positiveInt(path: string, v: unknown): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) throw new CaConfigError(path, 'must be a positive integer');
+  return v;
+}
+
+const floorSecond = (ms: number): number => Math.floor(ms / 1000) * 1000;
+
+function slotStatus(kind: 'x509' | 'jwt', s: Slot): AuthorityStatus {
+  return {
+    kind,
+    index: s.index,
+    label: s.label,
+    state: s.state,
+    notBefore: new Date(s.notBeforeMs),
+    notAfter: new Date(s.notAfterMs),
+    issuedUntil: s.issuedUntilMs === null ? null : new Date(s.issuedUntilMs),
+    ...('cert' in s ? { certificateDer: (s as X509Slot).cert.der } : {}),
+    ...('kid' in s ? { kid: (s as JwtSlot).kid } : {}),
+  };
+}
+
+export class CertificateAuthority {
+  readonly trustDomain: TrustDomain;
+  private readonly keys: CaKeyStore;
+  private readonly journal: CaJournal;
+  private readonly now: () => number;
+  private readonly schedule: RotationSchedule;
+  private readonly backdateMs: number;
+  private readonly prefix: string;
+  private readonly organization: string;
+  private readonly x509KeyType: CaKeyType;
+  private readonly jwtKeyType: CaKeyType;
+  private readonly caTtlMs: number;
+  private readonly x509MaxTtlMs: number;
+  private readonly jwtKeyTtlMs: number;
+  private readonly jwtMaxTtlMs: number;
+  private readonly upstream: { readonly signer: Signer; readonly cert: CaCertificateInfo; readonly chainTail: readonly Buffer[]; readonly anchors: readonly X509Certificate[] } | undefined;
+  private readonly onError: (err: unknown) => void;
+
+  private x509: X509Slot[] = [];
+  private jwt: JwtSlot[] = [];
+  private nextIndex = { x509: 1, jwt: 1 };
+  private sequence = 0;
+  private activeX509: X509Slot | undefined;
+  private activeJwt: JwtSlot | undefined;
+  private readonly listeners = new Set<(b: TrustBundle) => void>();
+  private rotating: Promise<void> = Promise.resolve();
+  private saving: Promise<void> | undefined;
+  private dirty = false;
+  private timer: NodeJS.Timeout | undefined;
+  private closed = false;
+
+  private constructor(o: CertificateAuthorityOptions) {
+    try {
+      this.trustDomain = typeof o.trustDomain === 'string' ? TrustDomain.parse(o.trustDomain) : o.trustDomain;
+    } catch (e) {
+      throw new CaConfigError('trustDomain', (e as Error).message);
+    }
+    this.keys = o.keys;
+    this.journal = o.journal;
+    this.now = o.now ?? Date.now;
+    this.onError = o.onError ?? (() => undefined);
+    const schedule = { ...DEFAULT_SCHEDULE, ...o.schedule };
+    if (!(schedule.activateAt > 0 && schedule.activateAt < schedule.prepareAt && schedule.prepareAt < 1)) {
+      throw new CaConfigError('schedule', 'need 0 < activateAt < prepareAt < 1');
+    }
+    this.schedule = schedule;
+    const backdate = o.backdateSeconds ?? 10;
+    if (!Number.isSafeInteger(backdate) || backdate < 0 || backdate > 3600) throw new CaConfigError('backdateSeconds', 'must be an integer in 0..3600');
+    this.backdateMs = backdate * 1000;
+    this.prefix = o.keyLabelPrefix ?? 'keel';
+    if (!/^[A-Za-z0-9._-]{1,64}$/.test(this.prefix)) throw new CaConfigError('keyLabelPrefix', 'must be 1..64 of [A-Za-z0-9._-]');
+    this.organization = o.x509.organization ?? 'keel';
+    if (this.organization.length === 0 || this.organization.length > 64) throw new CaConfigError('x509.organization', 'must be 1..64 characters');
+    this.x509KeyType = o.x509.keyType ?? 'ec-p256';
+    this.jwtKeyType = o.jwt.keyType ?? 'ec-p256';
+    this.caTtlMs = positiveInt('x509.caTtlSeconds', o.x509.caTtlSeconds) * 1000;
+    this.x509MaxTtlMs = positiveInt('x509.svidMaxTtlSeconds', o.x509.svidMaxTtlSeconds) * 1000;
+    this.jwtKeyTtlMs = positiveInt('jwt.keyTtlSeconds', o.jwt.keyTtlSeconds) * 1000;
+    this.jwtMaxTtlMs = positiveInt('jwt.svidMaxTtlSeconds', o.jwt.svidMaxTtlSeconds) * 1000;
+    // Six times the longest SVID (or more with a later activation): an SVID signed just
+    // before activation of the next key must still fit inside the old key's lifetime.
+    const factor = Math.max(6, 1 / schedule.activateAt);
+    if (this.caTtlMs < factor * this.x509MaxTtlMs) {
+      throw new CaConfigError('x509.caTtlSeconds', `${o.x509.caTtlSeconds}s is under ${factor}× the longest X.509-SVID TTL (${o.x509.svidMaxTtlSeconds}s)`);
+    }
+    if (this.jwtKeyTtlMs < factor * this.jwtMaxTtlMs) {
+      throw new CaConfigError('jwt.keyTtlSeconds', `${o.jwt.keyTtlSeconds}s is under ${factor}× the longest JWT-SVID TTL (${o.jwt.svidMaxTtlSeconds}s)`);
+    }
+    this.upstream = o.x509.upstream ? this.checkUpstream(o.x509.upstream) : undefined;
+  }
+
+  private checkUpstream(u: UpstreamAuthority): NonNullable<CertificateAuthority['upstream']> {
+    const [first, ...rest] = u.chainDer;
+    if (!first) throw new CaConfigError('x509.upstream.chainDer', 'is empty');
+    let cert: CaCertificateInfo;
+    let tail: X509Certificate[];
+    try {
+      cert = readCaCertificate(Buffer.from(first));
+      tail = rest.map((d) => new X509Certificate(d));
+    } catch (e) {
+      throw new CaConfigError('x509.upstream.chainDer', `does not parse: ${(e as Error).message}`);
+    }
+    if (!cert.x509.ca) throw new CaConfigError('x509.upstream.chainDer', 'the first certificate is not a CA');
+    const spki = (k: KeyObject): Buffer => k.export({ format: 'der', type: 'spki' });
+    if (!spki(cert.publicKey).equals(spki(u.signer.publicKey))) {
+      throw new CaConfigError('x509.upstream.signer', 'its public key is not the one of the first upstream certificate');
+    }
+    const remaining = cert.notAfterMs - this.now();
+    if (remaining < 6 * this.x509MaxTtlMs) throw new CaConfigError('x509.upstream.chainDer', 'the upstream certificate expires in less than 6× the longest X.509-SVID TTL');
+    let anchors: X509Certificate[];
+    if (u.trustAnchorsDer) {
+      anchors = u.trustAnchorsDer.map((d) => new X509Certificate(d));
+    } else {
+      const last = tail.length ? tail[tail.length - 1]! : cert.x509;
+      if (!(last.checkIssued(last) && last.verify(last.publicKey))) {
+        throw new CaConfigError('x509.upstream.trustAnchorsDer', 'needed: the upstream chain does not end in a self-signed root');
+      }
+      anchors = [last];
+    }
+    // Roots are in the bundle; the SVID chain carries what sits between them and keel's CA.
+    const chainTail = [cert.x509, ...tail].filter((c) => !anchors.some((a) => a.raw.equals(c.raw))).map((c) => c.raw);
+    return { signer: u.signer, cert, chainTail, anchors };
+  }
+
+  /** Loads the journal, finds its keys in the HSM, rotates as due, and starts the timer. */
+  static async open(o: CertificateAuthorityOptions): Promise<CertificateAuthority> {
+    const ca = new CertificateAuthority(o);
+    await ca.restore(await o.journal.load());
+    await ca.rotate();
+    const interval = o.rotationCheckIntervalMs ?? 10_000;
+    if (interval > 0) {
+      ca.timer = setInterval(() => void ca.rotate().catch(ca.onError), interval);
+      ca.timer.unref();
+    }
+    return ca;
+  }
+
+  // ---- restart -------------------------------------------------------------
+
+  private async restore(state: CaJournalState | undefined): Promise<void> {
+    if (!state) return;
+    if (state.trustDomain !== this.trustDomain.name) {
+      throw new CaConfigError('trustDomain', `the journal belongs to trust domain ${state.trustDomain}`);
+    }
+    this.nextIndex = { ...state.nextIndex };
+    this.sequence = state.bundleSequence;
+    for (const j of state.x509) {
+      const key = await this.findJournalKey(j.label, j.keyId);
+      const cert = readCaCertificate(Buffer.from(j.certificate, 'base64'));
+      if (!sameKey(cert.publicKey, key.publicKey)) throw new CaStateError(`HSM key ${j.label} does not match its CA certificate in the journal`);
+      if (this.upstream ? !cert.x509.verify(this.upstream.cert.publicKey) : !cert.selfSigned) {
+        throw new CaConfigError('x509.upstream', `CA certificate ${j.label} in the journal was not issued ${this.upstream ? 'by the configured upstream' : 'self-signed'}`);
+      }
+      this.x509.push(this.x509Slot(j.index, j.state, key, cert, j.issuedUntilMs));
+    }
+    for (const j of state.jwt) {
+      const key = await this.findJournalKey(j.label, j.keyId);
+      this.jwt.push(this.jwtSlot(j.index, j.state, key, j.kid, j.notBeforeMs, j.notAfterMs, j.issuedUntilMs));
+    }
+    this.refreshActive();
+  }
+
+  private async findJournalKey(label: string, idHex: string): Promise<CaKeyHandle> {
+    const key = await this.keys.findKey({ label, id: Buffer.from(idHex, 'hex') });
+    if (!key) throw new CaStateError(`the journal names HSM key ${label} (id ${idHex}), which the HSM does not have`);
+    return key;
+  }
+
+  private x509Slot(index: number, state: AuthorityState, key: CaKeyHandle, cert: CaCertificateInfo, issuedUntil: number | null): X509Slot {
+    const signer = this.keys.signer(key, algorithmForKeyType(key.type));
+    return {
+      index,
+      state,
+      label: key.label,
+      key,
+      signer,
+      cert,
+      notBeforeMs: cert.notBeforeMs,
+      notAfterMs: cert.notAfterMs,
+      issuedUntilMs: issuedUntil,
+      durableUntilMs: issuedUntil,
+      pendingUntilMs: issuedUntil,
+      template: new LeafTemplate({ algorithm: signer.algorithm, issuerNameDer: cert.subjectNameDer, issuerKeyId: cert.subjectKeyId, organization: this.organization }),
+    };
+  }
+
+  private jwtSlot(index: number, state: AuthorityState, key: CaKeyHandle, kid: string, nb: number, na: number, issuedUntil: number | null): JwtSlot {
+    const inner = this.keys.signer(key, algorithmForKeyType(key.type));
+    // The kid is ours (from the key id), whatever the HSM signer calls its key.
+    const signer: Signer = { algorithm: inner.algorithm, publicKey: inner.publicKey, keyId: kid, sign: (d) => inner.sign(d) };
+    return { index, state, label: key.label, key, signer, kid, notBeforeMs: nb, notAfterMs: na, issuedUntilMs: issuedUntil, durableUntilMs: issuedUntil, pendingUntilMs: issuedUntil };
+  }
+
+  private refreshActive(): void {
+    this.activeX509 = this.x509.find((s) => s.state === 'active');
+    this.activeJwt = this.jwt.find((s) => s.state === 'active');
+  }
+
+  // ---- journal -------------------------------------------------------------
+
+  private snapshot(): { state: CaJournalState; commit: () => void } {
+    const captured = new Map<Slot, number | null>();
+    const entry = (s: Slot) => {
+      captured.set(s, s.pendingUntilMs);
+      return { index: s.index, label: s.label, keyId: s.key.id.toString('hex'), keyType: s.key.type, state: s.state, notBeforeMs: s.notBeforeMs, notAfterMs: s.notAfterMs, issuedUntilMs: s.pendingUntilMs };
+    };
+    const state: CaJournalState = {
+      version: 1,
+      trustDomain: this.trustDomain.name,
+      bundleSequence: this.sequence,
+      nextIndex: { ...this.nextIndex },
+      x509: this.x509.map((s) => ({ ...entry(s), certificate: s.cert.der.toString('base64') })),
+      jwt: this.jwt.map((s) => ({ ...entry(s), kid: s.kid })),
+    };
+    return {
+      state,
+      commit: () => {
+        for (const [s, bound] of captured) {
+          if (bound !== null && (s.durableUntilMs === null || bound > s.durableUntilMs)) s.durableUntilMs = bound;
+        }
+      },
+    };
+  }
+
+  /** Saves the current state; concurrent callers share writes, each resolving after one that includes its change. */
+  private persist(): Promise<void> {
+    this.dirty = true;
+    if (!this.saving) {
+      this.saving = (async () => {
+        try {
+          while (this.dirty) {
+            this.dirty = false;
+            const snap = this.snapshot();
+            await this.journal.save(snap.state);
+            snap.commit();
+          }
+        } finally {
+          this.saving = undefined;
+        }
+      })();
+    }
+    return this.saving;
+  }
+
+  /**
+   * Records that `slot` signed something valid until `notAfterMs`. The journal
+   * keeps an upper bound, raised a max-TTL ahead at a time, so that a busy CA
+   * writes it about once per SVID lifetime rather than once per SVID.
+   */
+  private noteIssued(slot: Slot, notAfterMs: number, maxTtlMs: number): Promise<void> | undefined {
+    if (slot.issuedUntilMs === null || notAfterMs > slot.issuedUntilMs) slot.issuedUntilMs = notAfterMs;
+    if (slot.durableUntilMs !== null && notAfterMs <= slot.durableUntilMs) return undefined;
+    if (slot.pendingUntilMs !== null && notAfterMs <= slot.pendingUntilMs && this.saving) return this.saving;
+    const bound = Math.min(slot.notAfterMs, notAfterMs + maxTtlMs);
+    if (slot.pendingUntilMs === null || bound > slot.pendingUntilMs) slot.pendingUntilMs = bound;
+    return this.persist();
+  }
+
+  // ---- issuing -------------------------------------------------------------
+
+  private checkOpen(): void {
+    if (this.closed) throw new CaStateError('the CA is closed');
+  }
+
+  private leafId(input: SpiffeId | string, field: string): SpiffeId {
+    let id: SpiffeId;
+    try {
+      id = typeof input === 'string' ? SpiffeId.parse(input) : input;
+    } catch (e) {
+      throw new CaIssueError(field, (e as Error).message);
+    }
+    if (!(id instanceof SpiffeId)) throw new CaIssueError(field, 'not a SPIFFE ID');
+    if (!id.memberOf(this.trustDomain)) throw new CaIssueError(field, `${id.toString()} is not in trust domain ${this.trustDomain.name}`);
+    if (id.isTrustDomainId) throw new CaIssueError(field, 'an SVID needs a path; the trust domain ID names the CA');
+    return id;
+  }
+
+  private ttlMs(v: unknown, maxMs: number, field: string): number {
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) throw new CaIssueError(field, 'must be a positive integer number of seconds');
+    return Math.min(v * 1000, maxMs);
+  }
+
+  private prepareX509(r: X509SvidRequest, at = ''): { csr: ParsedCsr; id: SpiffeId; dnsNames: readonly string[]; ttlMs: number } {
+    if (typeof r !== 'object' || r === null) throw new CaIssueError(at || 'request', 'must be an object');
+    const id = this.leafId(r.spiffeId, `${at}spiffeId`);
+    const dnsNames = r.dnsNames ?? [];
+    if (!Array.isArray(dnsNames) || dnsNames.length > MAX_DNS_NAMES) throw new CaIssueError(`${at}dnsNames`, `must be an array of at most ${MAX_DNS_NAMES} names`);
+    dnsNames.forEach((d, i) => {
+      const p = dnsNameProblem(d);
+      if (p) throw new CaIssueError(`${at}dnsNames[${i}]`, p);
+    });
+    const ttlMs = this.ttlMs(r.ttlSeconds, this.x509MaxTtlMs, `${at}ttlSeconds`);
+    const csr = isParsedCsr(r.csr) ? r.csr : parseCsr(r.csr as Uint8Array | string);
+    return { csr, id, dnsNames: [...dnsNames], ttlMs };
+  }
+
+  private async signX509(p: ReturnType<CertificateAuthority['prepareX509']>): Promise<IssuedX509Svid> {
+    this.checkOpen();
+    const slot = this.activeX509;
+    const now = this.now();
+    if (!slot || slot.notAfterMs <= now) throw new CaStateError('no active X.509 CA key (rotation has not run or the CA expired)');
+    const notBeforeMs = Math.max(floorSecond(now - this.backdateMs), slot.notBeforeMs);
+    const notAfterMs = Math.min(floorSecond(now + p.ttlMs), slot.notAfterMs);
+    const durable = this.noteIssued(slot, notAfterMs, this.x509MaxTtlMs);
+    const serial = randomSerial();
+    const tbs = slot.template.buildTbs({
+      serial,
+      notBeforeMs,
+      notAfterMs,
+      spiffeId: p.id.toString(),
+      dnsNames: p.dnsNames,
+      spkiDer: p.csr.spkiDer,
+      subjectKeyId: p.csr.subjectKeyId,
+    });
+    const sig = await slot.signer.sign(tbs);
+    // The journal write (rare) overlaps the HSM signature; the SVID leaves only once both are done.
+    if (durable) await durable;
+    return {
+      certDer: slot.template.wrap(tbs, sig),
+      chainDer: this.upstream ? [slot.cert.der, ...this.upstream.chainTail] : [],
+      spiffeId: p.id.toString(),
+      serial: serial.toString('hex').toUpperCase(),
+      notBefore: new Date(notBeforeMs),
+      notAfter: new Date(notAfterMs),
+      caKeyLabel: slot.label,
+      caKeyId: slot.key.id.toString('hex'),
+    };
+  }
+
+  /** Issues one X.509-SVID for the key in `csr`, naming `spiffeId`. The TTL is clamped to the maximum and to the CA's notAfter. */
+  async issueX509Svid(r: X509SvidRequest): Promise<IssuedX509Svid> {
+    this.checkOpen();
+    return this.signX509(this.prepareX509(r));
+  }
+
+  /** Checks every request first (nothing is signed if one is bad), then signs them concurrently. */
+  async issueX509SvidBatch(rs: readonly X509SvidRequest[]): Promise<IssuedX509Svid[]> {
+    this.checkOpen();
+    if (!Array.isArray(rs)) throw new CaIssueError('requests', 'must be an array');
+    const prepared = rs.map((r, i) => this.prepareX509(r, `requests[${i}].`));
+    return Promise.all(prepared.map((p) => this.signX509(p)));
+  }
+
+  /** Mints a JWT-SVID; `exp` is clamped to the maximum TTL and to the JWT key's end of life. */
+  async mintJwtSvid(r: JwtSvidRequest): Promise<IssuedJwtSvid> {
+    this.checkOpen();
+    const id = this.leafId(r.spiffeId, 'spiffeId');
+    const audience = typeof r.audience === 'string' ? [r.audience] : r.audience;
+    if (!Array.isArray(audience) || audience.length === 0 || audience.length > 16) throw new CaIssueError('audience', 'must be 1..16 strings');
+    audience.forEach((a, i) => {
+      if (typeof a !== 'string' || a.length === 0 || a.length > 1024) throw new CaIssueError(`audience[${i}]`, 'must be a non-empty string of at most 1024 characters');
+    });
+    const ttlMs = this.ttlMs(r.ttlSeconds, this.jwtMaxTtlMs, 'ttlSeconds');
+    const slot = this.activeJwt;
+    const now = this.now();
+    if (!slot || slot.notAfterMs <= now) throw new CaStateError('no active JWT key (rotation has not run or the key expired)');
+    const issuedAt = floorSecond(now);
+    const expiresAt = Math.min(floorSecond(now + ttlMs), slot.notAfterMs);
+    const durable = this.noteIssued(slot, expiresAt, this.jwtMaxTtlMs);
+    const token = await mintJwtSvid({ signer: slot.signer, sub: id, aud: audience, expiresAt: new Date(expiresAt), issuedAt: new Date(issuedAt) });
+    if (durable) await durable;
+    return { token, spiffeId: id.toString(), audience: [...audience], kid: slot.kid, issuedAt: new Date(issuedAt), expiresAt: new Date(expiresAt), keyLabel: slot.label };
+  }
+
+  // ---- bundle --------------------------------------------------------------
+
+  /** X.509 authorities (keel's CA certificates, or the upstream roots) and JWT authorities, prepared ones included. */
+  bundle(): TrustBundle {
+    const x509 = this.upstream ? [...this.upstream.anchors] : this.x509.map((s) => s.cert.x509);
+    return TrustBundle.create({
+      trustDomain: this.trustDomain,
+      x509Authorities: x509,
+      jwtAuthorities: this.jwt.map((s) => [s.kid, s.signer.publicKey] as const),
+      sequence: this.sequence,
+    });
+  }
+
+  /** Called with the new bundle after every change; returns the unsubscribe function. */
+  onBundleChange(listener: (b: TrustBundle) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /** Every key the CA holds, with its state: for the admin API and tests. */
+  status(): AuthorityStatus[] {
+    return [...this.x509.map((s) => slotStatus('x509', s)), ...this.jwt.map((s) => slotStatus('jwt', s))];
+  }
+
+  /** The active CA certificate (DER), which signs new X.509-SVIDs. */
+  activeCaCertificate(): Buffer | undefined {
+    return this.activeX509?.cert.der;
+  }
+
+  // ---- rotation ------------------------------------------------------------
+
+  /** Runs every rotation step due at `nowMs` (default: the clock). Calls are serialised. */
+  rotate(nowMs?: number): Promise<void> {
+    const run = this.rotating.then(() => this.rotateNow(nowMs ?? this.now()));
+    this.rotating = run.catch(() => undefined);
+    return run;
+  }
+
+  private bundleKey(): string {
+    const x = this.upstream ? 'upstream' : this.x509.map((s) => s.index).join(',');
+    return `${x}|${this.jwt.map((s) => s.index).join(',')}`;
+  }
+
+  private async rotateNow(nowMs: number): Promise<void> {
+    if (this.closed) return;
+    const before = this.bundleKey();
+    const doomed: CaKeyHandle[] = [];
+    try {
+      for (const kind of ['x509', 'jwt'] as const) {
+        // Each pass either changes a state or stops; the bound only guards against a bug looping.
+        for (let i = 0; i < 16; i++) {
+          const slots: Slot[] = kind === 'x509' ? this.x509 : this.jwt;
+          const step = nextRotationStep(slots, nowMs, this.schedule);
+          if (!step) break;
+          if (step.kind === 'prepare') {
+            await (kind === 'x509' ? this.prepareX509Key(nowMs) : this.prepareJwtKey(nowMs));
+          } else if (step.kind === 'activate') {
+            for (const s of slots) if (s.state === 'active') s.state = 'old';
+            const next = slots.find((s) => s.index === step.index);
+            if (next) next.state = 'active';
+          } else {
+            const gone = slots.find((s) => s.index === step.index);
+            if (kind === 'x509') this.x509 = this.x509.filter((s) => s.index !== step.index);
+            else this.jwt = this.jwt.filter((s) => s.index !== step.index);
+            if (gone) doomed.push(gone.key);
+          }
+          this.refreshActive();
+        }
+      }
+    } finally {
+      const changed = this.bundleKey() !== before;
+      if (changed) this.sequence++;
+      await this.persist();
+      // Keys leave the HSM only once the journal no longer names them.
+      for (const key of doomed) {
+        await this.keys.destroyKey(key).catch((e: unknown) => this.onError(e));
+      }
+      if (changed) {
+        const b = this.bundle();
+        for (const l of this.listeners) {
+          try {
+            l(b);
+          } catch (e) {
+            this.onError(e);
+          }
+        }
+      }
+    }
+  }
+
+  private async newKey(kind: 'x509-ca' | 'jwt', type: CaKeyType): Promise<{ index: number; key: CaKeyHandle }> {
+    const counter = kind === 'x509-ca' ? 'x509' : 'jwt';
+    const index = this.nextIndex[counter]++;
+    // The index is journaled before the key exists, so a label is never used twice.
+    await this.persist();
+    const key = await this.keys.generateKey({ label: `${this.prefix}-${kind}-${index}`, id: randomBytes(16), type });
+    return { index, key };
+  }
+
+  private async prepareX509Key(nowMs: number): Promise<void> {
+    const { index, key } = await this.newKey('x509-ca', this.x509KeyType);
+    let slot: X509Slot;
+    try {
+      const signer = this.keys.signer(key, algorithmForKeyType(key.type));
+      const notBeforeMs = floorSecond(nowMs - this.backdateMs);
+      let notAfterMs = floorSecond(nowMs + this.caTtlMs);
+      if (this.upstream) notAfterMs = Math.min(notAfterMs, this.upstream.cert.notAfterMs);
+      const der = await buildCaCertificate({
+        trustDomain: this.trustDomain,
+        publicKey: key.publicKey,
+        subject: { organization: this.organization, commonName: `${this.trustDomain.name} X.509 CA ${index}` },
+        serial: randomSerial(),
+        notBeforeMs,
+        notAfterMs,
+        issuer: this.upstream
+          ? { nameDer: this.upstream.cert.subjectNameDer, keyId: this.upstream.cert.subjectKeyId, signer: this.upstream.signer }
+          : { selfSigned: signer },
+      });
+      const cert = readCaCertificate(der);
+      if (this.upstream && !cert.x509.verify(this.upstream.cert.publicKey)) throw new CaStateError('the upstream signature on the new CA certificate does not verify');
+      slot = this.x509Slot(index, 'prepared', key, cert, null);
+    } catch (e) {
+      await this.keys.destroyKey(key).catch(() => undefined);
+      throw e;
+    }
+    this.x509.push(slot);
+    await this.persist();
+  }
+
+  private async prepareJwtKey(nowMs: number): Promise<void> {
+    const { index, key } = await this.newKey('jwt', this.jwtKeyType);
+    const kid = key.id.toString('base64url');
+    this.jwt.push(this.jwtSlot(index, 'prepared', key, kid, floorSecond(nowMs), floorSecond(nowMs + this.jwtKeyTtlMs), null));
+    await this.persist();
+  }
+
+  /** Stops the timer and waits for rotation and journal writes under way. The key store stays open (its owner closes it). */
+  async close(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    await this.rotating;
+    this.closed = true;
+    if (this.saving) await this.saving.catch(() => undefined);
+  }
+}
+
+function sameKey(a: KeyObject, b: KeyObject): boolean {
+  return a.export({ format: 'der', type: 'spki' }).equals(b.export({ format: 'der', type: 'spki' }));
+}
