@@ -7,6 +7,8 @@ import { CliError, type Command } from './command.js';
 
 const commands: Record<string, () => Promise<Command>> = {
   demo: async () => (await import('./demo.js')).demo,
+  'policy create-from-machine': async () => (await import('./policy.js')).policyCreateFromMachine,
+  'policy check': async () => (await import('./policy.js')).policyCheck,
 };
 
 function usage(): string {
