@@ -7,6 +7,21 @@ import { CliError, type Command } from './command.js';
 
 const commands: Record<string, () => Promise<Command>> = {
   demo: async () => (await import('./demo.js')).demo,
+  'entry create': async () => (await import('./admin/index.js')).entryCreate,
+  'entry list': async () => (await import('./admin/index.js')).entryList,
+  'entry show': async () => (await import('./admin/index.js')).entryShow,
+  'entry update': async () => (await import('./admin/index.js')).entryUpdate,
+  'entry delete': async () => (await import('./admin/index.js')).entryDelete,
+  'agent list': async () => (await import('./admin/index.js')).agentList,
+  'agent show': async () => (await import('./admin/index.js')).agentShow,
+  'agent evict': async () => (await import('./admin/index.js')).agentEvict,
+  'agent ban': async () => (await import('./admin/index.js')).agentBan,
+  'agent unban': async () => (await import('./admin/index.js')).agentUnban,
+  'bundle show': async () => (await import('./admin/index.js')).bundleShow,
+  'bundle list': async () => (await import('./admin/index.js')).bundleList,
+  'bundle set': async () => (await import('./admin/index.js')).bundleSet,
+  'bundle delete': async () => (await import('./admin/index.js')).bundleDelete,
+  'healthcheck': async () => (await import('./admin/index.js')).healthcheck,
   'policy create-from-machine': async () => (await import('./policy.js')).policyCreateFromMachine,
   'policy check': async () => (await import('./policy.js')).policyCheck,
 };
