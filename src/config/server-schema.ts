@@ -72,6 +72,8 @@ const caSchema = z.strictObject({
 
 const jwtSchema = z.strictObject({
   key_type: keyType.default('ec-p256'),
+  // Lifetime of a JWT signing key; by default the CA TTL.
+  key_ttl: duration().optional(),
   issuer: z
     .string()
     .refine((v) => {
@@ -146,8 +148,14 @@ const serverSection = z
     listen: z.strictObject({
       node_api: hostPort(),
       http: hostPort(),
+      // Web-PKI certificate for the public listener (bundle endpoint, OIDC discovery).
+      http_tls: z.strictObject({ cert: configPath(), key: configPath() }).optional(),
+      // Plain HTTP on the public listener; admin calls are refused there regardless.
+      http_plaintext: z.boolean().default(false),
       admin_socket: configPath(),
     }),
+    // SPIFFE IDs allowed to call the admin API over mTLS, besides entries marked admin.
+    admin_ids: z.array(z.string().min(1)).default([]),
     store: storeSchema.optional(),
     hsm: hsmSchema,
     ca: caSchema,
@@ -157,6 +165,9 @@ const serverSection = z
     federation: federationSchema.default({ trust_domains: [] }),
   })
   .superRefine((s, ctx) => {
+    if (!s.listen.http_tls && !s.listen.http_plaintext) {
+      ctx.addIssue({ code: 'custom', path: ['listen', 'http_tls'], message: 'give a certificate for the public listener, or set listen.http_plaintext: true' });
+    }
     const longest = Math.max(s.svid.default_x509_ttl, s.svid.default_jwt_ttl, s.svid.agent_ttl);
     if (s.ca.ttl < CA_TTL_FACTOR * longest) {
       ctx.addIssue({

@@ -30,6 +30,7 @@ server:
     node_api: 0.0.0.0:8081
     http: "[::1]:8080"
     admin_socket: /run/keel/admin.sock
+    http_plaintext: true
   hsm:
     module: /usr/lib/softhsm/libsofthsm2.so
     token_label: keel
@@ -171,6 +172,13 @@ describe('errors name the offending key', () => {
     expect(issues[0]?.path).toBe('server.ca.ttl');
     expect(issues[0]?.message).toContain('≥ 32400s');
     expect(withServer((s) => s.replace('ttl: 7d', 'ttl: 9h')).server.ca.ttl).toBe(32400);
+  });
+
+  it('the public listener needs a certificate unless plain HTTP is asked for', () => {
+    const issues = issuesOf(() => withServer((s) => s.replace('    http_plaintext: true\n', '')));
+    expect(issues.map((i) => i.path)).toEqual(['server.listen.http_tls']);
+    const tls = withServer((s) => s.replace('    http_plaintext: true\n', '    http_tls: { cert: web.pem, key: web.key }\n'));
+    expect(tls.server.listen.http_tls).toEqual({ cert: '/etc/keel/web.pem', key: '/etc/keel/web.key' });
   });
 
   it('attestation needs a manufacturer CA or an EK allow-list', () => {
