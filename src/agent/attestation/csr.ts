@@ -1,0 +1,36 @@
+/**
+ * PKCS#10 requests from the agent's keys. The subject is empty: the server
+ * takes the identity from attestation or from the registration entry, and only
+ * the public key and the proof of possession (the self-signature) count.
+ */
+import { sign, createPublicKey, type KeyObject } from 'node:crypto';
+import { AsnConvert } from '@peculiar/asn1-schema';
+import { Attributes, CertificationRequest, CertificationRequestInfo } from '@peculiar/asn1-csr';
+import { AlgorithmIdentifier, Name, SubjectPublicKeyInfo } from '@peculiar/asn1-x509';
+
+export class CsrKeyError extends Error {
+  override readonly name = 'CsrKeyError';
+}
+
+const SIGNATURE: Record<string, { oid: string; hash: string; nullParams: boolean }> = {
+  prime256v1: { oid: '1.2.840.10045.4.3.2', hash: 'sha256', nullParams: false },
+  secp384r1: { oid: '1.2.840.10045.4.3.3', hash: 'sha384', nullParams: false },
+  rsa: { oid: '1.2.840.113549.1.1.11', hash: 'sha256', nullParams: true },
+};
+
+/** A DER CSR signed with `privateKey` (EC P-256, EC P-384 or RSA). */
+export function buildCsr(privateKey: KeyObject): Buffer {
+  if (privateKey?.type !== 'private') throw new CsrKeyError('the CSR key must be a private KeyObject');
+  const kind = privateKey.asymmetricKeyType === 'ec' ? privateKey.asymmetricKeyDetails?.namedCurve ?? '' : privateKey.asymmetricKeyType ?? '';
+  const alg = SIGNATURE[kind];
+  if (!alg) throw new CsrKeyError(`unsupported CSR key ${kind || 'type'}: use EC P-256, EC P-384 or RSA`);
+  const spki = AsnConvert.parse(createPublicKey(privateKey).export({ type: 'spki', format: 'der' }), SubjectPublicKeyInfo);
+  const info = new CertificationRequestInfo({ version: 0, subject: new Name([]), subjectPKInfo: spki, attributes: new Attributes() });
+  const signature = sign(alg.hash, Buffer.from(AsnConvert.serialize(info)), privateKey);
+  const csr = new CertificationRequest({
+    certificationRequestInfo: info,
+    signatureAlgorithm: new AlgorithmIdentifier({ algorithm: alg.oid, parameters: alg.nullParams ? null : undefined }),
+    signature: new Uint8Array(signature).buffer,
+  });
+  return Buffer.from(AsnConvert.serialize(csr));
+}

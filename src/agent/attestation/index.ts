@@ -1,0 +1,25 @@
+/** The agent's node attestation client and its Node API client. */
+export {
+  attestNode,
+  renewAgentSvid,
+  quoteForChallenge,
+  AgentAttestationError,
+  MAX_EVENT_LOG_BYTES,
+  type AttestNodeOptions,
+  type RenewAgentSvidOptions,
+  type AgentSvid,
+  type ServerConnection,
+} from './attest.js';
+export { buildCsr, CsrKeyError } from './csr.js';
+export {
+  NodeApiClient,
+  NodeApiError,
+  type NodeApiClientOptions,
+  type WireAnswer,
+  type WireAttestResult,
+  type WireChallenge,
+  type WireEntry,
+  type WireParams,
+  type WireSyncEntries,
+  type WireX509SvidResult,
+} from './node-api-client.js';

@@ -1,0 +1,149 @@
+/**
+ * The Node API messages as proto-loader hands them over (snake_case, bytes as
+ * Buffer, oneof name in `step`), and their mapping onto the attestor's types.
+ * Anything the client left out arrives as a default (empty), never undefined.
+ */
+import * as grpc from '@grpc/grpc-js';
+import type { AttestParams, AttestationResult, Challenge, ChallengeResponse, PcrValuesMessage } from '../attestation/types.js';
+import { AttestationError, type AttestationReason } from '../attestation/errors.js';
+import { formatSelector, type RegistrationEntry } from '../store/index.js';
+
+export interface WireAttestParams {
+  ek_public: Buffer;
+  ek_certificate: Buffer;
+  ak_public: Buffer;
+  csr: Buffer;
+}
+export interface WirePcrValues {
+  bank: string;
+  values: Record<string, Buffer>;
+}
+export interface WireChallengeResponse {
+  secret: Buffer;
+  quote: Buffer;
+  quote_signature: Buffer;
+  pcr_values: WirePcrValues[];
+  event_log: Buffer;
+}
+export interface WireAttestRequest {
+  step?: 'params' | 'challenge_response';
+  params?: WireAttestParams | null;
+  challenge_response?: WireChallengeResponse | null;
+}
+export interface WireAttestResponse {
+  challenge?: { credential_blob: Buffer; encrypted_secret: Buffer; nonce: Buffer; pcr_selection: { bank: string; pcrs: number[] }[] };
+  result?: { spiffe_id: string; svid_chain: Buffer[]; bundle: Buffer; expires_at: number; selectors: string[] };
+}
+export interface WireEntry {
+  id: string;
+  spiffe_id: string;
+  parent_id: string;
+  selectors: string[];
+  x509_svid_ttl: number;
+  jwt_svid_ttl: number;
+  dns_names: string[];
+  federates_with: string[];
+  hint: string;
+  revision: number;
+}
+export interface WireSyncEntriesResponse {
+  entries: WireEntry[];
+  x509_bundles: Record<string, Buffer>;
+  jwt_bundles: Record<string, Buffer>;
+  revision: number;
+}
+export interface WireSignX509SvidsRequest {
+  requests: { entry_id: string; csr: Buffer }[];
+}
+export interface WireX509SvidResult {
+  entry_id: string;
+  cert_chain: Buffer[];
+  expires_at: number;
+  error: string;
+}
+export interface WireSignJwtSvidRequest {
+  entry_id: string;
+  audience: string[];
+}
+
+/** The request's step, or a typed refusal when the message is not the step expected. */
+export function expectStep<K extends 'params' | 'challenge_response'>(msg: WireAttestRequest | undefined, step: K): NonNullable<WireAttestRequest[K]> {
+  if (!msg) throw new AttestationError('malformed', `the stream ended before ${step}`);
+  const value = msg[step];
+  if (msg.step !== step || !value) throw new AttestationError('malformed', `expected ${step}, got ${msg.step ?? 'an empty message'}`);
+  return value as NonNullable<WireAttestRequest[K]>;
+}
+
+export function toAttestParams(p: WireAttestParams): AttestParams {
+  return { ekPublic: p.ek_public, ekCertificate: p.ek_certificate, akPublic: p.ak_public, csr: p.csr };
+}
+
+const PCR_KEY = /^(?:0|[1-9][0-9]?)$/;
+
+export function toChallengeResponse(r: WireChallengeResponse): ChallengeResponse {
+  const pcrValues: PcrValuesMessage[] = (r.pcr_values ?? []).map((b) => {
+    const values = new Map<number, Buffer>();
+    for (const [k, v] of Object.entries(b.values ?? {})) {
+      if (!PCR_KEY.test(k)) throw new AttestationError('malformed', `PCR index ${JSON.stringify(k.slice(0, 12))}`);
+      values.set(Number(k), v);
+    }
+    return { bank: b.bank, values };
+  });
+  return { secret: r.secret, quote: r.quote, quoteSignature: r.quote_signature, pcrValues, eventLog: r.event_log };
+}
+
+export function challengeToWire(c: Challenge): WireAttestResponse {
+  return {
+    challenge: {
+      credential_blob: c.credentialBlob,
+      encrypted_secret: c.encryptedSecret,
+      nonce: c.nonce,
+      pcr_selection: c.pcrSelection.map((s) => ({ bank: s.bank, pcrs: [...s.pcrs] })),
+    },
+  };
+}
+
+export function resultToWire(r: AttestationResult): WireAttestResponse {
+  return {
+    result: {
+      spiffe_id: r.spiffeId,
+      svid_chain: [...r.svidChain],
+      bundle: r.bundle,
+      expires_at: Math.floor(r.expiresAt.getTime() / 1000),
+      selectors: [...r.selectors],
+    },
+  };
+}
+
+export function entryToWire(e: RegistrationEntry): WireEntry {
+  return {
+    id: e.id,
+    spiffe_id: e.spiffeId.toString(),
+    parent_id: e.parentId.toString(),
+    selectors: e.selectors.map(formatSelector),
+    x509_svid_ttl: e.x509SvidTtl ?? 0,
+    jwt_svid_ttl: e.jwtSvidTtl ?? 0,
+    dns_names: [...e.dnsNames],
+    federates_with: e.federatesWith.map((td) => td.name),
+    hint: e.hint ?? '',
+    revision: e.revision,
+  };
+}
+
+/** Metadata key of the refusal reason in the trailers. */
+export const REASON_METADATA_KEY = 'keel-reason';
+
+const CODE_OF: Partial<Record<AttestationReason, grpc.status>> = {
+  malformed: grpc.status.INVALID_ARGUMENT,
+  'too-large': grpc.status.INVALID_ARGUMENT,
+  'csr-invalid': grpc.status.INVALID_ARGUMENT,
+  unauthenticated: grpc.status.UNAUTHENTICATED,
+  internal: grpc.status.UNAVAILABLE,
+};
+
+/** A gRPC status for a refusal, the reason in the trailers. */
+export function refusalStatus(reason: string, detail: string, code?: grpc.status): Partial<grpc.StatusObject> {
+  const metadata = new grpc.Metadata();
+  metadata.set(REASON_METADATA_KEY, reason);
+  return { code: code ?? CODE_OF[reason as AttestationReason] ?? grpc.status.PERMISSION_DENIED, details: `${reason}: ${detail}`, metadata };
+}
