@@ -7,6 +7,7 @@ import { CliError, type Command } from './command.js';
 
 const commands: Record<string, () => Promise<Command>> = {
   demo: async () => (await import('./demo.js')).demo,
+  'server run': async () => (await import('./server-run.js')).serverRun,
   'entry create': async () => (await import('./admin/index.js')).entryCreate,
   'entry list': async () => (await import('./admin/index.js')).entryList,
   'entry show': async () => (await import('./admin/index.js')).entryShow,

@@ -71,7 +71,7 @@ export interface FirmwarePolicy {
 export const NAME_RE = /^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$/;
 export const SELECTOR_RE = /^[a-z0-9][a-z0-9_-]{0,31}:[\x21-\x7e]{1,255}$/;
 /** Selectors the server derives itself; a policy must not be able to hand them out. */
-export const RESERVED_SELECTOR_PREFIXES: readonly string[] = ['tpm:policy:', 'tpm:ek-hash:', 'tpm:ak-hash:'];
+export const RESERVED_SELECTOR_PREFIXES: readonly string[] = ['tpm:policy:', 'tpm:ek-hash:', 'tpm:ak-hash:', 'tpm:ek-ca:'];
 export const MAX_COMMAND_LINE = 4096;
 const MAX_PCR = 23;
 const MAX_LIST = 4096;
