@@ -7,6 +7,12 @@ import { CliError, type Command } from './command.js';
 
 const commands: Record<string, () => Promise<Command>> = {
   demo: async () => (await import('./demo.js')).demo,
+  'agent run': async () => (await import('./agent/index.js')).agentRunCommand,
+  'agent api fetch x509': async () => (await import('./agent/index.js')).fetchX509Command(),
+  'agent api fetch jwt': async () => (await import('./agent/index.js')).fetchJwtCommand(),
+  'agent api validate jwt': async () => (await import('./agent/index.js')).validateJwtCommand(),
+  'agent api watch': async () => (await import('./agent/index.js')).watchCommand(),
+  'agent healthcheck': async () => (await import('./agent/index.js')).agentHealthcheckCommand(),
   'server run': async () => (await import('./server-run.js')).serverRun,
   'entry create': async () => (await import('./admin/index.js')).entryCreate,
   'entry list': async () => (await import('./admin/index.js')).entryList,

@@ -30,6 +30,8 @@ const agentSection = z.strictObject({
       ek_kind: z.enum(['rsa-2048', 'ecc-p256', 'ecc-p384']).default('rsa-2048'),
       ak_kind: z.enum(['rsa-2048', 'ecc-p256']).default('rsa-2048'),
       ak_persistent_handle: persistentHandle().optional(),
+      /** The measured-boot event log sent with each quote; absent: the kernel's (securityfs), when it exists. */
+      event_log: configPath().optional(),
     })
     .default({ tcti: 'device:/dev/tpmrm0', ek_kind: 'rsa-2048', ak_kind: 'rsa-2048' }),
   workload_api: z

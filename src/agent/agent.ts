@@ -1,0 +1,298 @@
+/**
+ * The keel agent process: configuration → TPM → node attestation → entry sync
+ * and SVIDs → the SPIFFE Workload API on a Unix socket.
+ *
+ * State kept in data_dir (0700):
+ * - `ak-<ek>-<ak>.json` (0600): the AK's public area and its private area
+ *   wrapped by the TPM (useless off this TPM), so the node quotes with the
+ *   same AK across restarts.
+ * - `bundle.json` (0600): the last trust bundle of the agent's trust domain,
+ *   trusted next to the bootstrap bundle for the server's certificate, so a
+ *   restart after a CA rotation still reaches the server.
+ *
+ * The agent SVID's private key is never written to disk: it lives in memory
+ * and a restarted agent attests again (one round trip with the TPM). Nothing
+ * that could be copied off the machine to impersonate the node is stored.
+ */
+import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { chmod, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { AgentConfig } from '../config/index.js';
+import type { Logger } from '../log/index.js';
+import { parseDerCertificates } from '../spiffe/index.js';
+import type { TrustDomain } from '../spiffe/id.js';
+import { TpmDevice, type AkBlobs } from '../tpm/device.js';
+import { attestNode, NodeApiError, renewAgentSvid, type AgentSvid } from './attestation/index.js';
+import { AgentSvidRotator, Backoff, formatDelay, SvidManager, type AgentIdentity, type BackoffOptions } from './manager/index.js';
+import { NodeSession } from './node-client.js';
+import { startWorkloadApiServer, type WorkloadApiServer, type WorkloadAuditEvent } from './workload/index.js';
+import type { BundleSnapshot } from './workload/identity-source.js';
+
+export const DEFAULT_EVENT_LOG = '/sys/kernel/security/tpm0/binary_bios_measurements';
+
+export type AgentStartFailure = 'unsupported-config' | 'bootstrap-bundle' | 'data-dir' | 'aborted';
+
+export class AgentStartError extends Error {
+  override readonly name = 'AgentStartError';
+  constructor(
+    readonly reason: AgentStartFailure,
+    detail: string,
+  ) {
+    super(detail);
+  }
+}
+
+export interface AgentTuning {
+  /** Reconnection delays (default 0.5 s doubling to 30 s). */
+  readonly backoff?: BackoffOptions;
+  /** How long start-up waits for the first entries and SVIDs before the Workload API opens (default 10 s). */
+  readonly readyTimeoutMs?: number;
+  /** Keepalive ping interval on the server connection (default 30 s). */
+  readonly keepaliveMs?: number;
+}
+
+export interface StartAgentOptions {
+  readonly config: AgentConfig;
+  readonly logger: Logger;
+  /** Where Workload API audit lines go; the logger by default. */
+  readonly audit?: (e: WorkloadAuditEvent) => void;
+  readonly tuning?: AgentTuning;
+  /** Aborts a start-up still waiting for the server. */
+  readonly signal?: AbortSignal;
+}
+
+export interface RunningAgent {
+  readonly agentId: string;
+  readonly socketPath: string;
+  readonly manager: SvidManager;
+  /** The node's TPM, as the agent holds it open (diagnostics). */
+  readonly tpm: TpmDevice;
+  /** The agent identity in use now. */
+  readonly identity: AgentIdentity;
+  /** Renews the agent SVID at once instead of at half-life. */
+  renewAgentSvidNow(): Promise<void>;
+  /** Stops serving (streams end with UNAVAILABLE), closes the server connection and the TPM. */
+  stop(): Promise<void>;
+}
+
+function newTlsKey(): KeyObject {
+  return generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
+}
+
+/** Writes a file so that a crash leaves the old or the new content, never a mix. */
+async function writeAtomically(path: string, data: string): Promise<void> {
+  const tmp = `${path}.tmp-${process.pid}`;
+  await writeFile(tmp, data, { mode: 0o600 });
+  await rename(tmp, path);
+}
+
+async function loadOrCreateAk(config: AgentConfig, device: TpmDevice, log: Logger): Promise<AkBlobs> {
+  const file = join(config.data_dir, `ak-${config.tpm.ek_kind}-${config.tpm.ak_kind}.json`);
+  try {
+    const doc = JSON.parse(await readFile(file, 'utf8')) as { public?: unknown; private?: unknown };
+    if (typeof doc.public === 'string' && typeof doc.private === 'string') {
+      return { public: Buffer.from(doc.public, 'base64'), private: Buffer.from(doc.private, 'base64') };
+    }
+    log.warn('the saved AK is malformed: creating a new one', { file });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') log.warn('the saved AK cannot be read: creating a new one', { file, err: e });
+  }
+  const blobs = await device.createAk(config.tpm.ek_kind, config.tpm.ak_kind);
+  await writeAtomically(file, JSON.stringify({ public: blobs.public.toString('base64'), private: blobs.private.toString('base64') }));
+  log.info('created a new attestation key', { file });
+  return blobs;
+}
+
+interface CachedBundle {
+  readonly trust_domain: string;
+  readonly x509_der: string;
+  readonly jwks: string;
+}
+
+async function readCachedBundlePem(file: string, td: TrustDomain, log: Logger): Promise<string> {
+  try {
+    const doc = JSON.parse(await readFile(file, 'utf8')) as Partial<CachedBundle>;
+    if (doc.trust_domain !== td.name || typeof doc.x509_der !== 'string') return '';
+    return derBundleToPem(Buffer.from(doc.x509_der, 'base64'));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') log.warn('the cached bundle cannot be read; using the bootstrap bundle only', { file, err: e });
+    return '';
+  }
+}
+
+/** Concatenated DER certificates (a bundle as the server sends it) → PEM. */
+function derBundleToPem(der: Buffer): string {
+  return parseDerCertificates(der, 1024)
+    .map((c) => `-----BEGIN CERTIFICATE-----\n${c.raw.toString('base64').replace(/(.{64})/g, '$1\n').replace(/\n$/, '')}\n-----END CERTIFICATE-----\n`)
+    .join('');
+}
+
+function identityOf(svid: AgentSvid, key: KeyObject): AgentIdentity {
+  return { spiffeId: svid.spiffeId, chain: svid.svidChain, key, expiresAt: svid.expiresAt, bundle: svid.bundle };
+}
+
+function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(new AgentStartError('aborted', 'start-up was aborted'));
+    const t = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = (): void => {
+      clearTimeout(t);
+      reject(new AgentStartError('aborted', 'start-up was aborted'));
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
+  const { config, logger: log } = o;
+  if (config.tpm.ak_persistent_handle !== undefined) {
+    throw new AgentStartError(
+      'unsupported-config',
+      'agent.tpm.ak_persistent_handle is not supported yet: the agent keeps its AK as TPM-wrapped blobs in data_dir; remove the key',
+    );
+  }
+  const td: TrustDomain = config.trust_domain;
+  const serverAddress = `${config.server.address.host.includes(':') ? `[${config.server.address.host}]` : config.server.address.host}:${config.server.address.port}`;
+  try {
+    await mkdir(config.data_dir, { recursive: true, mode: 0o700 });
+    await chmod(config.data_dir, 0o700);
+  } catch (e) {
+    throw new AgentStartError('data-dir', `data_dir ${config.data_dir}: ${(e as Error).message}`);
+  }
+  let bootstrapPem: string;
+  try {
+    bootstrapPem = await readFile(config.server.bundle, 'utf8');
+    if (!bootstrapPem.includes('-----BEGIN CERTIFICATE-----')) throw new Error('no PEM certificate in it');
+  } catch (e) {
+    throw new AgentStartError('bootstrap-bundle', `server.bundle ${config.server.bundle}: ${(e as Error).message}`);
+  }
+  const bundleFile = join(config.data_dir, 'bundle.json');
+  let ownBundlePem = await readCachedBundlePem(bundleFile, td, log);
+  const serverTrust = (): string => bootstrapPem + ownBundlePem;
+  const eventLogPath = config.tpm.event_log ?? DEFAULT_EVENT_LOG;
+  const ekKind = config.tpm.ek_kind;
+
+  const device = await TpmDevice.open(config.tpm.tcti);
+  let session: NodeSession | undefined;
+  let manager: SvidManager | undefined;
+  let rotator: AgentSvidRotator | undefined;
+  let workload: WorkloadApiServer | undefined;
+  try {
+    const akBlobs = await loadOrCreateAk(config, device, log);
+    const attest = async (): Promise<AgentIdentity> => {
+      const key = newTlsKey();
+      const svid = await attestNode({ device, ekKind, akBlobs, csrKey: key, eventLogPath, serverAddress, serverCaBundle: serverTrust(), trustDomain: td.name });
+      return identityOf(svid, key);
+    };
+
+    // Attestation at start-up: retried while the server cannot be reached, fatal when refused.
+    const backoff = new Backoff(o.tuning?.backoff);
+    let identity: AgentIdentity;
+    for (;;) {
+      try {
+        identity = await attest();
+        break;
+      } catch (e) {
+        if (!(e instanceof NodeApiError) || e.reason !== 'transport') throw e;
+        const delay = backoff.next();
+        log.warn(`server unreachable, retrying attestation in ${formatDelay(delay)}`, { detail: e.detail, attempt: backoff.attempts });
+        await sleep(delay, o.signal);
+      }
+    }
+    log.info('node attested', { spiffeId: identity.spiffeId, expiresAt: identity.expiresAt });
+
+    session = new NodeSession({ address: serverAddress, trustDomain: td.name, serverTrust, svid: identity, ...(o.tuning?.keepaliveMs ? { keepaliveMs: o.tuning.keepaliveMs } : {}) });
+    const saveBundle = (b: BundleSnapshot): void => {
+      ownBundlePem = derBundleToPem(b.own.x509Der);
+      const doc: CachedBundle = { trust_domain: td.name, x509_der: b.own.x509Der.toString('base64'), jwks: b.own.jwks.toString('utf8') };
+      writeAtomically(bundleFile, JSON.stringify(doc)).catch((e: unknown) => log.warn('saving the bundle failed', { file: bundleFile, err: e }));
+    };
+    manager = new SvidManager({
+      trustDomain: td,
+      node: session,
+      logger: log.child({ component: 'svid-manager' }),
+      initialX509Bundle: identity.bundle,
+      agentSvidExpiresAt: identity.expiresAt,
+      onBundles: saveBundle,
+      ...(o.tuning?.backoff ? { backoff: o.tuning.backoff } : {}),
+    });
+    const m = manager;
+    const s = session;
+    rotator = new AgentSvidRotator({
+      initial: identity,
+      logger: log.child({ component: 'agent-svid' }),
+      ...(o.tuning?.backoff ? { backoff: o.tuning.backoff } : {}),
+      renew: async (current) => {
+        // An expired SVID cannot authenticate a renewal: attest from the start.
+        if (current.expiresAt.getTime() <= Date.now()) return attest();
+        const key = newTlsKey();
+        const svid = await renewAgentSvid({
+          device,
+          ekKind,
+          akBlobs,
+          svid: { chain: current.chain, key: current.key },
+          csrKey: key,
+          eventLogPath,
+          serverAddress,
+          serverCaBundle: serverTrust(),
+          trustDomain: td.name,
+        });
+        return identityOf(svid, key);
+      },
+      onRenewed: (next) => {
+        s.setSvid({ chain: next.chain, key: next.key });
+        m.setAgentSvidExpiry(next.expiresAt);
+      },
+    });
+    manager.start();
+    rotator.start();
+    const ready = await manager.ready(o.tuning?.readyTimeoutMs ?? 10_000);
+    if (!ready) log.warn('no entries from the server yet: the Workload API opens anyway and serves them when they come');
+
+    const wlLog = log.child({ component: 'workload-api' });
+    workload = await startWorkloadApiServer({
+      socketPath: config.workload_api.socket_path,
+      source: manager,
+      audit: o.audit ?? ((e) => (e.outcome === 'issued' ? wlLog.info('identity issued', { ...e }) : wlLog.warn('identity refused', { ...e }))),
+    });
+    log.info('Workload API listening', { socketPath: workload.socketPath, entries: manager.stats.entries, svids: manager.stats.svids });
+  } catch (e) {
+    await workload?.stop(500).catch(() => undefined);
+    await rotator?.stop();
+    manager?.stop();
+    session?.close();
+    await device.close().catch(() => undefined);
+    throw e;
+  }
+
+  const wl = workload;
+  const mgr = manager;
+  const rot = rotator;
+  const sess = session;
+  let stopping: Promise<void> | undefined;
+  return {
+    agentId: rot.current.spiffeId,
+    socketPath: wl.socketPath,
+    manager: mgr,
+    tpm: device,
+    get identity() {
+      return rot.current;
+    },
+    renewAgentSvidNow: () => rot.renewNow(),
+    stop() {
+      stopping ??= (async () => {
+        log.info('agent stopping');
+        await wl.stop();
+        await rot.stop();
+        mgr.stop();
+        sess.close();
+        await device.close();
+        log.info('agent stopped');
+      })();
+      return stopping;
+    },
+  };
+}

@@ -1,0 +1,599 @@
+/**
+ * The agent's SVID cache: the entries the server authorizes (kept in sync over
+ * SyncEntries), one EC P-256 key and X.509-SVID per entry (requested in
+ * batches, renewed at half-life with jitter), the trust bundles, and the
+ * JWT-SVIDs minted for workloads. It is what the Workload API serves from
+ * (IdentitySource): answers come from memory, so they keep coming while the
+ * server is unreachable, until the SVIDs or the agent's own identity expire.
+ */
+import { X509Certificate, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { buildCsr, NodeApiError, type WireEntry, type WireSyncEntries, type WireX509SvidResult } from '../attestation/index.js';
+import { BundleSet, bundleFromX509Der, jwtBundleFromJson, validateJwtSvid, verifyX509Svid, type TrustBundle } from '../../spiffe/index.js';
+import { SpiffeId, TrustDomain } from '../../spiffe/id.js';
+import type { Logger } from '../../log/index.js';
+import type {
+  BundleSnapshot,
+  Identity,
+  IdentitySource,
+  IssuedJwtSvid,
+  TrustDomainBundle,
+  Unsubscribe,
+  ValidatedJwt,
+  X509SvidMaterial,
+} from '../workload/identity-source.js';
+import { formatSelector, kindOf, type Selector, type SelectorKind } from '../workload/selectors.js';
+import { Backoff, formatDelay, type BackoffOptions } from './backoff.js';
+import { SvidManagerError } from './errors.js';
+import { JwtSvidCache } from './jwt-cache.js';
+import type { NodeApi } from './node-api.js';
+import { batches, renewalTime } from './schedule.js';
+
+/** The server's cap on one SignX509Svids call (src/server/node-api MAX_SVID_BATCH). */
+export const DEFAULT_MAX_BATCH = 1000;
+/** setTimeout's longest delay; later wake-ups are re-armed. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+/** SVIDs due within min(5 s, 10% of their life) of a renewal that is running join it. */
+const COALESCE_MAX_MS = 5000;
+const COALESCE_FRACTION = 0.1;
+const EMPTY_JWKS = Buffer.from('{"keys":[]}');
+
+export interface SvidManagerOptions {
+  readonly trustDomain: TrustDomain;
+  readonly node: NodeApi;
+  readonly logger: Logger;
+  /** The X.509 authorities (concatenated DER) learnt at attestation, served until the first sync. */
+  readonly initialX509Bundle: Buffer;
+  /** When the agent's own SVID expires; after it the manager serves nothing. */
+  readonly agentSvidExpiresAt: Date;
+  /** Reconnection and retry delays. */
+  readonly backoff?: BackoffOptions;
+  readonly maxBatch?: number;
+  /** ms since the epoch; Date.now by default. */
+  readonly now?: () => number;
+  /** Uniform in [0, 1), for renewal jitter. */
+  readonly random?: () => number;
+  /** A workload key; EC P-256 by default. */
+  readonly generateKey?: () => KeyObject;
+  /** Called when the bundles change (the agent keeps a copy in data_dir). */
+  readonly onBundles?: (bundles: BundleSnapshot) => void;
+}
+
+interface ManagedEntry {
+  readonly id: string;
+  readonly spiffeId: SpiffeId;
+  readonly selectorKeys: readonly string[];
+  readonly kinds: readonly SelectorKind[];
+  readonly hint: string;
+  readonly federatesWith: readonly TrustDomain[];
+  /** What the SVID certifies; when it changes the SVID is replaced at once. */
+  readonly issueKey: string;
+}
+
+interface HeldSvid {
+  readonly material: X509SvidMaterial;
+  readonly renewAt: number;
+  /** Renewed early by up to this much when another SVID's renewal comes first: one call instead of several. */
+  readonly coalesceMs: number;
+  readonly issueKey: string;
+}
+
+interface HeldBundle {
+  readonly wire: TrustDomainBundle;
+  readonly x509: TrustBundle | undefined;
+  readonly jwt: TrustBundle | undefined;
+}
+
+function defaultKey(): KeyObject {
+  return generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
+}
+
+function parseSelectorText(text: string): Selector {
+  const colon = text.indexOf(':');
+  if (colon <= 0 || colon === text.length - 1) throw new Error(`selector ${JSON.stringify(text.slice(0, 80))} is not type:value`);
+  return { type: text.slice(0, colon), value: text.slice(colon + 1) };
+}
+
+export class SvidManager implements IdentitySource {
+  readonly #td: TrustDomain;
+  readonly #node: NodeApi;
+  readonly #log: Logger;
+  readonly #now: () => number;
+  readonly #random: () => number;
+  readonly #generateKey: () => KeyObject;
+  readonly #maxBatch: number;
+  readonly #onBundles: ((b: BundleSnapshot) => void) | undefined;
+  readonly #syncBackoff: Backoff;
+  readonly #rotationBackoff: Backoff;
+
+  #entries = new Map<string, ManagedEntry>();
+  #kinds = new Set<SelectorKind>();
+  readonly #svids = new Map<string, HeldSvid>();
+  #own: HeldBundle;
+  #federated = new Map<string, HeldBundle>();
+  #jwtBundles: BundleSet;
+  readonly #jwtCache = new JwtSvidCache();
+  readonly #jwtInFlight = new Map<string, Promise<IssuedJwtSvid>>();
+  readonly #listeners = new Set<() => void>();
+  #agentExpiresAt: number;
+  #revision = -1;
+  #synced = false;
+  readonly #syncWaiters = new Set<() => void>();
+
+  #started = false;
+  #stopped = false;
+  #cancelSync: (() => void) | undefined;
+  #syncDown = false;
+  #syncTimer: NodeJS.Timeout | undefined;
+  #rotationTimer: NodeJS.Timeout | undefined;
+  #expiryTimer: NodeJS.Timeout | undefined;
+  #rotating = false;
+  #rotateAgain = false;
+
+  constructor(o: SvidManagerOptions) {
+    this.#td = o.trustDomain;
+    this.#node = o.node;
+    this.#log = o.logger;
+    this.#now = o.now ?? Date.now;
+    this.#random = o.random ?? Math.random;
+    this.#generateKey = o.generateKey ?? defaultKey;
+    this.#maxBatch = o.maxBatch ?? DEFAULT_MAX_BATCH;
+    this.#onBundles = o.onBundles;
+    this.#syncBackoff = new Backoff(o.backoff);
+    this.#rotationBackoff = new Backoff(o.backoff);
+    this.#agentExpiresAt = o.agentSvidExpiresAt.getTime();
+    const x509 = bundleFromX509Der(this.#td, o.initialX509Bundle);
+    this.#own = { wire: { trustDomain: this.#td, x509Der: Buffer.from(o.initialX509Bundle), jwks: EMPTY_JWKS }, x509, jwt: undefined };
+    this.#jwtBundles = BundleSet.of([]);
+  }
+
+  // ── lifecycle ───────────────────────────────────────────────────────────
+
+  /** Opens the sync stream; SVIDs follow the first update. */
+  start(): void {
+    if (this.#started) return;
+    this.#started = true;
+    this.#openSync();
+    this.#scheduleExpiry();
+  }
+
+  /** Resolves after the first sync and the SVID round it starts, or after `timeoutMs`; true when synced. */
+  async ready(timeoutMs: number): Promise<boolean> {
+    if (!this.#synced) {
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          clearTimeout(t);
+          this.#syncWaiters.delete(done);
+          resolve();
+        };
+        const t = setTimeout(done, timeoutMs);
+        this.#syncWaiters.add(done);
+      });
+    }
+    return this.#synced;
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    this.#cancelSync?.();
+    this.#cancelSync = undefined;
+    clearTimeout(this.#syncTimer);
+    clearTimeout(this.#rotationTimer);
+    clearTimeout(this.#expiryTimer);
+    for (const w of [...this.#syncWaiters]) w();
+  }
+
+  /** The agent SVID was renewed (or re-attested): serve again until the new expiry. */
+  setAgentSvidExpiry(expiresAt: Date): void {
+    const wasActive = this.#agentActive();
+    this.#agentExpiresAt = expiresAt.getTime();
+    this.#scheduleExpiry();
+    if (!wasActive && this.#agentActive()) {
+      this.#emit();
+      this.#requestRotation();
+    }
+  }
+
+  get agentActive(): boolean {
+    return this.#agentActive();
+  }
+
+  /** Store revision of the last sync (-1 before the first). */
+  get revision(): number {
+    return this.#revision;
+  }
+
+  /** Entries and SVIDs held, for status lines and tests. */
+  get stats(): { readonly entries: number; readonly svids: number; readonly jwtCached: number } {
+    return { entries: this.#entries.size, svids: this.#svids.size, jwtCached: this.#jwtCache.size };
+  }
+
+  #agentActive(): boolean {
+    return this.#now() < this.#agentExpiresAt;
+  }
+
+  // ── sync ────────────────────────────────────────────────────────────────
+
+  #openSync(): void {
+    if (this.#stopped) return;
+    let ended = false;
+    this.#cancelSync = this.#node.syncEntries({
+      onUpdate: (u) => {
+        if (ended || this.#stopped) return;
+        if (this.#syncDown) {
+          this.#syncDown = false;
+          this.#log.info('reconnected to the server', { attempts: this.#syncBackoff.attempts });
+        }
+        this.#syncBackoff.reset();
+        this.applySync(u);
+      },
+      onEnd: (e) => {
+        if (ended || this.#stopped) return;
+        ended = true;
+        this.#cancelSync = undefined;
+        const delay = this.#syncBackoff.next();
+        this.#syncDown = true;
+        this.#log.warn(`server unreachable, retrying in ${formatDelay(delay)}`, {
+          reason: e.reason,
+          detail: e.detail,
+          attempt: this.#syncBackoff.attempts,
+          serving: this.#svids.size,
+        });
+        this.#syncTimer = setTimeout(() => this.#openSync(), delay);
+      },
+    });
+  }
+
+  /** Takes one SyncEntries snapshot: entries replaced, SVIDs of removed entries dropped, bundles updated. */
+  applySync(u: WireSyncEntries): void {
+    let changed = false;
+    if (this.#applyBundles(u)) changed = true;
+    if (this.#applyEntries(u.entries ?? [])) changed = true;
+    this.#revision = Number(u.revision ?? this.#revision);
+    if (changed) this.#emit();
+    this.#requestRotation();
+  }
+
+  #applyEntries(wire: readonly WireEntry[]): boolean {
+    const next = new Map<string, ManagedEntry>();
+    for (const w of wire) {
+      try {
+        const spiffeId = SpiffeId.parse(w.spiffe_id);
+        if (!spiffeId.memberOf(this.#td)) throw new Error(`${w.spiffe_id} is not in trust domain ${this.#td.name}`);
+        const selectors = (w.selectors ?? []).map(parseSelectorText);
+        if (selectors.length === 0) throw new Error('the entry has no selectors');
+        const dns = [...(w.dns_names ?? [])].sort();
+        next.set(w.id, {
+          id: w.id,
+          spiffeId,
+          selectorKeys: [...new Set(selectors.map(formatSelector))],
+          kinds: selectors.map(kindOf),
+          hint: w.hint ?? '',
+          federatesWith: (w.federates_with ?? []).map((t) => TrustDomain.parse(t)),
+          issueKey: JSON.stringify([spiffeId.toString(), dns, w.x509_svid_ttl ?? 0]),
+        });
+      } catch (e) {
+        this.#log.warn('ignoring an entry the agent cannot use', { entryId: w.id, err: e });
+      }
+    }
+    let changed = next.size !== this.#entries.size;
+    for (const [id, e] of next) {
+      const old = this.#entries.get(id);
+      if (!old || JSON.stringify(old) !== JSON.stringify(e)) changed = true;
+    }
+    for (const [id, old] of this.#entries) {
+      if (next.has(id)) continue;
+      // Its key goes with it; its SPIFFE ID's JWTs too, unless another entry still grants that ID.
+      this.#svids.delete(id);
+      if (![...next.values()].some((e) => e.spiffeId.equals(old.spiffeId))) this.#jwtCache.dropSpiffeId(old.spiffeId.toString());
+      this.#log.info('entry removed: its SVID is dropped', { entryId: id, spiffeId: old.spiffeId.toString() });
+    }
+    for (const [id, e] of next) {
+      const held = this.#svids.get(id);
+      if (held && held.issueKey !== e.issueKey) this.#svids.delete(id);
+    }
+    this.#entries = next;
+    this.#kinds = new Set([...next.values()].flatMap((e) => e.kinds));
+    return changed;
+  }
+
+  #readBundle(td: TrustDomain, x509Der: Buffer | undefined, jwks: Buffer | undefined, previous: HeldBundle | undefined): HeldBundle | undefined {
+    let x509 = previous?.x509;
+    let jwt = previous?.jwt;
+    let wireX509 = previous?.wire.x509Der ?? Buffer.alloc(0);
+    let wireJwks = previous?.wire.jwks ?? EMPTY_JWKS;
+    try {
+      if (x509Der) {
+        x509 = bundleFromX509Der(td, x509Der);
+        // The agent's own trust domain always has a CA: an empty set is a server fault, not a revocation.
+        if (td.equals(this.#td) && x509.x509Authorities.length === 0) throw new Error('the own trust domain bundle has no X.509 authority');
+        wireX509 = Buffer.from(x509Der);
+      }
+      if (jwks) {
+        jwt = jwtBundleFromJson(td, jwks);
+        wireJwks = Buffer.from(jwks);
+      }
+    } catch (e) {
+      this.#log.warn('ignoring a bundle the server sent', { trustDomain: td.name, err: e });
+      return previous;
+    }
+    if (!x509 && !jwt) return undefined;
+    return { wire: { trustDomain: td, x509Der: wireX509, jwks: wireJwks }, x509, jwt };
+  }
+
+  #applyBundles(u: WireSyncEntries): boolean {
+    const before = this.#bundleFingerprint();
+    const names = new Set([...Object.keys(u.x509_bundles ?? {}), ...Object.keys(u.jwt_bundles ?? {})]);
+    const federated = new Map<string, HeldBundle>();
+    for (const name of names) {
+      let td: TrustDomain;
+      try {
+        td = TrustDomain.parse(name);
+      } catch (e) {
+        this.#log.warn('ignoring a bundle for an invalid trust domain', { trustDomain: name.slice(0, 100), err: e });
+        continue;
+      }
+      const x509Der = u.x509_bundles?.[name];
+      const jwks = u.jwt_bundles?.[name];
+      if (td.equals(this.#td)) {
+        this.#own = this.#readBundle(td, x509Der, jwks, this.#own) ?? this.#own;
+      } else {
+        const held = this.#readBundle(td, x509Der, jwks, this.#federated.get(td.name));
+        if (held) federated.set(td.name, held);
+      }
+    }
+    this.#federated = federated;
+    this.#jwtBundles = BundleSet.of([this.#own, ...federated.values()].flatMap((b) => (b.jwt ? [b.jwt] : [])));
+    const changed = this.#bundleFingerprint() !== before;
+    if (changed) {
+      try {
+        this.#onBundles?.(this.bundles());
+      } catch (e) {
+        this.#log.warn('saving the bundles failed', { err: e });
+      }
+    }
+    return changed;
+  }
+
+  #bundleFingerprint(): string {
+    const parts = [this.#own, ...this.#federated.values()].map((b) => `${b.wire.trustDomain.name}|${b.wire.x509Der.toString('base64')}|${b.wire.jwks.toString('base64')}`);
+    return parts.join('\n');
+  }
+
+  // ── X.509-SVIDs ─────────────────────────────────────────────────────────
+
+  #requestRotation(): void {
+    if (this.#stopped || !this.#started) return;
+    if (this.#rotating) {
+      this.#rotateAgain = true;
+      return;
+    }
+    void this.#rotate();
+  }
+
+  async #rotate(): Promise<void> {
+    this.#rotating = true;
+    clearTimeout(this.#rotationTimer);
+    let failed = false;
+    try {
+      do {
+        this.#rotateAgain = false;
+        failed = await this.#rotateOnce();
+      } while (this.#rotateAgain && !this.#stopped);
+    } catch (e) {
+      failed = true;
+      this.#log.error('SVID rotation failed', { err: e });
+    } finally {
+      this.#rotating = false;
+    }
+    if (!this.#synced && this.#revision >= 0) {
+      this.#synced = true;
+      for (const w of [...this.#syncWaiters]) w();
+    }
+    this.#scheduleRotation(failed);
+  }
+
+  /** Requests SVIDs for every entry that is due; true when some could not be had. */
+  async #rotateOnce(): Promise<boolean> {
+    if (!this.#agentActive()) return false;
+    const now = this.#now();
+    const due = [...this.#entries.values()].filter((e) => {
+      const held = this.#svids.get(e.id);
+      return !held || held.issueKey !== e.issueKey || now >= held.renewAt - held.coalesceMs;
+    });
+    if (due.length === 0) return false;
+    let failed = false;
+    let changed = 0;
+    for (const batch of batches(due, this.#maxBatch)) {
+      if (this.#stopped) break;
+      const prepared = batch.map((entry) => {
+        const key = this.#generateKey();
+        return { entry, key, csr: buildCsr(key) };
+      });
+      let results: WireX509SvidResult[];
+      try {
+        results = await this.#node.signX509Svids(prepared.map((p) => ({ entryId: p.entry.id, csr: p.csr })));
+      } catch (e) {
+        const err = NodeApiError.from(e);
+        this.#log.warn('requesting X.509-SVIDs failed', { reason: err.reason, detail: err.detail, entries: batch.length });
+        failed = true;
+        break;
+      }
+      const byId = new Map(results.map((r) => [r.entry_id, r]));
+      for (const p of prepared) {
+        const current = this.#entries.get(p.entry.id);
+        // Removed or changed while the call was out: the next round (already requested) deals with it.
+        if (!current || current.issueKey !== p.entry.issueKey) continue;
+        const r = byId.get(p.entry.id);
+        if (!r || r.error) {
+          this.#log.warn('the server refused an X.509-SVID', { entryId: p.entry.id, spiffeId: p.entry.spiffeId.toString(), reason: r?.error || 'no result' });
+          failed = true;
+          continue;
+        }
+        try {
+          const material = this.#accept(p.entry, p.key, r);
+          const receivedAt = this.#now();
+          this.#svids.set(p.entry.id, {
+            material,
+            issueKey: p.entry.issueKey,
+            renewAt: renewalTime(receivedAt, material.expiresAt.getTime(), this.#random),
+            coalesceMs: Math.min(COALESCE_MAX_MS, COALESCE_FRACTION * Math.max(0, material.expiresAt.getTime() - receivedAt)),
+          });
+          changed++;
+        } catch (e) {
+          this.#log.error('the server returned an X.509-SVID the agent cannot use', { entryId: p.entry.id, err: e });
+          failed = true;
+        }
+      }
+    }
+    if (changed > 0) {
+      this.#log.info('X.509-SVIDs rotated', { count: changed, held: this.#svids.size });
+      this.#scheduleExpiry();
+      this.#emit();
+    }
+    return failed;
+  }
+
+  /** Checks an issued SVID: it certifies our key and the entry's ID, and chains to the bundle. */
+  #accept(entry: ManagedEntry, key: KeyObject, r: WireX509SvidResult): X509SvidMaterial {
+    const chain = r.cert_chain.map((d) => new X509Certificate(d));
+    const leaf = chain[0];
+    if (!leaf) throw new Error('empty certificate chain');
+    if (!leaf.publicKey.equals(createPublicKey(key))) throw new Error('the SVID does not certify the key of the CSR');
+    const verified = verifyX509Svid(chain, this.#own.x509 ?? bundleFromX509Der(this.#td, this.#own.wire.x509Der), { now: new Date(this.#now()) });
+    if (!verified.id.equals(entry.spiffeId)) throw new Error(`the SVID names ${verified.id.toString()}, the entry ${entry.spiffeId.toString()}`);
+    return {
+      chainDer: r.cert_chain.map((d) => Buffer.from(d)),
+      privateKeyPkcs8: key.export({ type: 'pkcs8', format: 'der' }),
+      expiresAt: new Date(leaf.validTo),
+    };
+  }
+
+  #scheduleRotation(failed: boolean): void {
+    if (this.#stopped) return;
+    clearTimeout(this.#rotationTimer);
+    let delay: number;
+    if (failed) {
+      delay = this.#rotationBackoff.next();
+      this.#log.warn(`SVIDs not all renewed, retrying in ${formatDelay(delay)}`, { attempt: this.#rotationBackoff.attempts });
+    } else {
+      this.#rotationBackoff.reset();
+      let next = Infinity;
+      for (const id of this.#entries.keys()) next = Math.min(next, this.#svids.get(id)?.renewAt ?? Infinity);
+      if (next === Infinity) return;
+      delay = Math.max(0, next - this.#now());
+    }
+    this.#rotationTimer = setTimeout(() => this.#requestRotation(), Math.min(delay, MAX_TIMER_MS));
+  }
+
+  /** Wakes at the next expiry (an SVID's or the agent's) so that streams drop what is no longer valid. */
+  #scheduleExpiry(): void {
+    if (this.#stopped || !this.#started) return;
+    clearTimeout(this.#expiryTimer);
+    const now = this.#now();
+    let next = this.#agentExpiresAt > now ? this.#agentExpiresAt : Infinity;
+    for (const s of this.#svids.values()) {
+      const t = s.material.expiresAt.getTime();
+      if (t > now) next = Math.min(next, t);
+    }
+    if (next === Infinity) return;
+    this.#expiryTimer = setTimeout(() => {
+      const now2 = this.#now();
+      if (now2 >= this.#agentExpiresAt && this.#agentExpiresAt > now) {
+        this.#log.error('the agent SVID expired: serving no identities until the node is attested again');
+      }
+      for (const [id, s] of this.#svids) {
+        if (s.material.expiresAt.getTime() <= now2) {
+          this.#svids.delete(id);
+          this.#log.warn('an X.509-SVID expired before it could be renewed', { entryId: id });
+        }
+      }
+      this.#jwtCache.prune(now2);
+      this.#emit();
+      this.#scheduleExpiry();
+    }, Math.min(Math.max(0, next - now) + 1, MAX_TIMER_MS));
+  }
+
+  // ── IdentitySource ──────────────────────────────────────────────────────
+
+  identitiesFor(selectors: readonly Selector[]): readonly Identity[] {
+    if (!this.#agentActive()) return [];
+    const have = new Set(selectors.map(formatSelector));
+    const now = this.#now();
+    const out: Identity[] = [];
+    for (const e of this.#entries.values()) {
+      if (!e.selectorKeys.every((k) => have.has(k))) continue;
+      const held = this.#svids.get(e.id);
+      if (!held || held.material.expiresAt.getTime() <= now) continue;
+      out.push({ entryId: e.id, spiffeId: e.spiffeId, hint: e.hint, x509Svid: held.material, federatesWith: e.federatesWith });
+    }
+    // Stable order: equal states give byte-identical stream messages.
+    return out.sort((a, b) => (a.spiffeId.toString() < b.spiffeId.toString() ? -1 : a.spiffeId.toString() > b.spiffeId.toString() ? 1 : a.entryId < b.entryId ? -1 : 1));
+  }
+
+  bundles(): BundleSnapshot {
+    return {
+      own: this.#own.wire,
+      federated: [...this.#federated.values()].map((b) => b.wire).sort((a, b) => (a.trustDomain.name < b.trustDomain.name ? -1 : 1)),
+    };
+  }
+
+  async fetchJwtSvid(entryId: string, audience: readonly string[]): Promise<IssuedJwtSvid> {
+    if (this.#stopped) throw new SvidManagerError('stopped', 'the agent is shutting down');
+    if (!this.#agentActive()) throw new SvidManagerError('agent-svid-expired', 'the agent has no valid SVID');
+    const entry = this.#entries.get(entryId);
+    if (!entry) throw new SvidManagerError('unknown-entry', `entry ${JSON.stringify(entryId)} is not held by this agent`);
+    if (audience.length === 0) throw new SvidManagerError('unknown-entry', 'a JWT-SVID needs an audience');
+    const id = entry.spiffeId.toString();
+    const hit = this.#jwtCache.fresh(id, audience, this.#now());
+    if (hit) return { token: hit.token, expiresAt: new Date(hit.expiresAt) };
+    const key = JSON.stringify([id, [...new Set(audience)].sort()]);
+    let pending = this.#jwtInFlight.get(key);
+    if (!pending) {
+      pending = this.#mintJwt(entry, audience).finally(() => this.#jwtInFlight.delete(key));
+      this.#jwtInFlight.set(key, pending);
+    }
+    return pending;
+  }
+
+  async #mintJwt(entry: ManagedEntry, audience: readonly string[]): Promise<IssuedJwtSvid> {
+    const id = entry.spiffeId.toString();
+    try {
+      const jwt = await this.#node.signJwtSvid(entry.id, audience);
+      this.#jwtCache.put(id, audience, { token: jwt.token, receivedAt: this.#now(), expiresAt: jwt.expiresAt.getTime() }, this.#now());
+      return jwt;
+    } catch (e) {
+      const err = NodeApiError.from(e);
+      // The server cannot be reached: a token that is still valid is better than none.
+      const stale = this.#jwtCache.unexpired(id, audience, this.#now());
+      if (stale) {
+        this.#log.warn('minting a JWT-SVID failed; serving the cached one', { entryId: entry.id, reason: err.reason });
+        return { token: stale.token, expiresAt: new Date(stale.expiresAt) };
+      }
+      throw new SvidManagerError('server-unavailable', `no JWT-SVID for ${id}: ${err.reason} (${err.detail})`);
+    }
+  }
+
+  async validateJwt(token: string, audience: string): Promise<ValidatedJwt> {
+    const v = await validateJwtSvid(token, this.#jwtBundles, audience, { now: new Date(this.#now()) });
+    return { spiffeId: v.id, claims: v.claims };
+  }
+
+  usesSelectorKind(kind: SelectorKind): boolean {
+    return this.#kinds.has(kind);
+  }
+
+  subscribe(onChange: () => void): Unsubscribe {
+    this.#listeners.add(onChange);
+    return () => void this.#listeners.delete(onChange);
+  }
+
+  #emit(): void {
+    for (const l of [...this.#listeners]) {
+      try {
+        l();
+      } catch (e) {
+        this.#log.error('a change listener failed', { err: e });
+      }
+    }
+  }
+}

@@ -1,0 +1,205 @@
+/**
+ * The agent's long-lived mTLS session with the server: SyncEntries,
+ * SignX509Svids and SignJwtSvid (the NodeApi the SVID manager uses). Unlike
+ * the per-exchange client of attestation, it lives as long as the agent:
+ * when the agent SVID is renewed the channel is rebuilt with the new
+ * certificate and the sync stream moves over to it without the manager
+ * noticing; a sync stream that the server ends, even cleanly, is reported
+ * as ended so that the manager reconnects; keepalive pings find a server
+ * that vanished without closing the connection.
+ */
+import type { KeyObject } from 'node:crypto';
+import type { PeerCertificate } from 'node:tls';
+import * as grpc from '@grpc/grpc-js';
+import { NodeApiError, type WireSyncEntries, type WireX509SvidResult } from './attestation/index.js';
+import { nodeApiClientConstructor } from './attestation/proto.js';
+import type { NodeApi, SyncHandlers } from './manager/node-api.js';
+
+export interface NodeSessionOptions {
+  /** `host:port` of the server's Node API. */
+  readonly address: string;
+  readonly trustDomain: string;
+  /** PEM authorities the server's certificate must chain to; asked again each time the channel is rebuilt (the bundle rotates). */
+  readonly serverTrust: () => string;
+  /** The agent SVID to present. */
+  readonly svid: { readonly chain: readonly Buffer[]; readonly key: KeyObject };
+  /** Deadline of the unary calls (default 30 s). */
+  readonly deadlineMs?: number;
+  /** Keepalive ping interval on the channel (default 30 s). */
+  readonly keepaliveMs?: number;
+}
+
+type GrpcClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
+
+function toPem(der: Buffer): string {
+  const b64 = der.toString('base64').replace(/(.{64})/g, '$1\n').replace(/\n$/, '');
+  return `-----BEGIN CERTIFICATE-----\n${b64}\n-----END CERTIFICATE-----\n`;
+}
+
+interface SyncSubscription {
+  readonly handlers: SyncHandlers;
+  call: grpc.ClientReadableStream<WireSyncEntries> | undefined;
+  done: boolean;
+}
+
+export class NodeSession implements NodeApi {
+  readonly #o: NodeSessionOptions;
+  readonly #serverId: string;
+  #svid: NodeSessionOptions['svid'];
+  #client: GrpcClient;
+  /** Set after a transport failure: the next call rebuilds the channel with the latest trust. */
+  #stale = false;
+  #closed = false;
+  readonly #syncs = new Set<SyncSubscription>();
+
+  constructor(o: NodeSessionOptions) {
+    this.#o = o;
+    this.#serverId = `spiffe://${o.trustDomain}/keel/server`;
+    this.#svid = o.svid;
+    this.#client = this.#connect();
+  }
+
+  #connect(): GrpcClient {
+    const creds = grpc.credentials.createSsl(
+      Buffer.from(this.#o.serverTrust()),
+      Buffer.from(this.#svid.key.export({ type: 'pkcs8', format: 'pem' })),
+      Buffer.from(this.#svid.chain.map(toPem).join('')),
+      {
+        // TLS checks the chain against the trust; the name to check is the server's SPIFFE ID, not a host name.
+        checkServerIdentity: (_host: string, cert: PeerCertificate) => {
+          const uris = (cert.subjectaltname ?? '').split(', ').filter((s) => s.startsWith('URI:')).map((s) => s.slice(4));
+          return uris.length === 1 && uris[0] === this.#serverId ? undefined : new Error(`the server presented ${uris.join(', ') || 'no SPIFFE ID'}, not ${this.#serverId}`);
+        },
+      },
+    );
+    const Ctor = nodeApiClientConstructor();
+    return new Ctor(this.#o.address, creds, {
+      // SNI must be a host name, not an IP (RFC 6066); the server is checked by its SPIFFE ID above.
+      'grpc.ssl_target_name_override': 'keel-server',
+      'grpc.default_authority': this.#o.address,
+      'grpc.max_receive_message_length': 64 * 1024 * 1024,
+      'grpc.keepalive_time_ms': this.#o.keepaliveMs ?? 30_000,
+      'grpc.keepalive_timeout_ms': 10_000,
+      // Each rebuilt channel is a new connection, not one shared from grpc-js's subchannel pool.
+      'grpc.use_local_subchannel_pool': 1,
+    }) as unknown as GrpcClient;
+  }
+
+  #channel(): GrpcClient {
+    if (this.#closed) throw new NodeApiError('transport', grpc.status.UNAVAILABLE, 'the node session is closed');
+    if (this.#stale) {
+      this.#stale = false;
+      const old = this.#client;
+      this.#client = this.#connect();
+      old.close();
+    }
+    return this.#client;
+  }
+
+  #failed(e: unknown): NodeApiError {
+    const err = NodeApiError.from(e);
+    if (err.reason === 'transport') this.#stale = true;
+    return err;
+  }
+
+  /** Presents a new agent SVID from now on; open sync streams move to the new channel. */
+  setSvid(svid: NodeSessionOptions['svid']): void {
+    this.#svid = svid;
+    this.#stale = true;
+    const client = this.#channel();
+    for (const sub of this.#syncs) {
+      if (sub.done) continue;
+      const old = sub.call;
+      sub.call = undefined;
+      old?.cancel();
+      this.#openSync(sub, client);
+    }
+  }
+
+  syncEntries(handlers: SyncHandlers): () => void {
+    const sub: SyncSubscription = { handlers, call: undefined, done: false };
+    this.#syncs.add(sub);
+    try {
+      this.#openSync(sub, this.#channel());
+    } catch (e) {
+      this.#syncs.delete(sub);
+      sub.done = true;
+      const err = this.#failed(e);
+      queueMicrotask(() => handlers.onEnd(err));
+    }
+    return () => {
+      sub.done = true;
+      this.#syncs.delete(sub);
+      sub.call?.cancel();
+    };
+  }
+
+  #openSync(sub: SyncSubscription, client: GrpcClient): void {
+    const call = client.SyncEntries!({}) as grpc.ClientReadableStream<WireSyncEntries>;
+    sub.call = call;
+    const end = (err: NodeApiError): void => {
+      // A call replaced by setSvid, or cancelled by its owner, ends silently.
+      if (sub.done || sub.call !== call) return;
+      sub.done = true;
+      this.#syncs.delete(sub);
+      sub.handlers.onEnd(err);
+    };
+    call.on('data', (u: WireSyncEntries) => {
+      if (!sub.done && sub.call === call) sub.handlers.onUpdate(u);
+    });
+    call.on('error', (e: grpc.ServiceError) => end(this.#failed(e)));
+    // grpc-js reports a clean end of a server stream only as 'status' OK + 'end'.
+    call.on('status', (s: grpc.StatusObject) => {
+      if (s.code === grpc.status.OK) {
+        this.#stale = true;
+        end(new NodeApiError('transport', grpc.status.UNAVAILABLE, 'the server closed the sync stream'));
+      }
+    });
+  }
+
+  signX509Svids(requests: readonly { readonly entryId: string; readonly csr: Buffer }[]): Promise<WireX509SvidResult[]> {
+    return new Promise((resolve, reject) => {
+      let client: GrpcClient;
+      try {
+        client = this.#channel();
+      } catch (e) {
+        reject(this.#failed(e));
+        return;
+      }
+      client.SignX509Svids!(
+        { requests: requests.map((r) => ({ entry_id: r.entryId, csr: r.csr })) },
+        { deadline: Date.now() + (this.#o.deadlineMs ?? 30_000) },
+        (err: grpc.ServiceError | null, res: { results?: WireX509SvidResult[] }) => (err ? reject(this.#failed(err)) : resolve(res.results ?? [])),
+      );
+    });
+  }
+
+  signJwtSvid(entryId: string, audience: readonly string[]): Promise<{ token: string; expiresAt: Date }> {
+    return new Promise((resolve, reject) => {
+      let client: GrpcClient;
+      try {
+        client = this.#channel();
+      } catch (e) {
+        reject(this.#failed(e));
+        return;
+      }
+      client.SignJwtSvid!(
+        { entry_id: entryId, audience: [...audience] },
+        { deadline: Date.now() + (this.#o.deadlineMs ?? 30_000) },
+        (err: grpc.ServiceError | null, res: { token: string; expires_at: number }) =>
+          err ? reject(this.#failed(err)) : resolve({ token: res.token, expiresAt: new Date(Number(res.expires_at) * 1000) }),
+      );
+    });
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const sub of this.#syncs) {
+      sub.done = true;
+      sub.call?.cancel();
+    }
+    this.#syncs.clear();
+    this.#client.close();
+  }
+}

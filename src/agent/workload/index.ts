@@ -1,0 +1,20 @@
+/** The agent's SPIFFE Workload API server and workload attestation. */
+export { startWorkloadApiServer, SECURITY_HEADER } from './server.js';
+export type { WorkloadApiServer, WorkloadApiServerOptions, WorkloadAuditEvent, WorkloadRpc } from './server.js';
+export { WorkloadAttestor, uptimeTicks } from './attestor.js';
+export type { ProcessStamp, WorkloadAttestation, WorkloadAttestorOptions } from './attestor.js';
+export type {
+  BundleSnapshot,
+  IdentitySource,
+  Identity,
+  IssuedJwtSvid,
+  TrustDomainBundle,
+  Unsubscribe,
+  ValidatedJwt,
+  X509SvidMaterial,
+} from './identity-source.js';
+export { formatSelector, kindOf, selectorSetKey } from './selectors.js';
+export type { Selector, SelectorKind } from './selectors.js';
+export { ProcFormatError, WorkloadApiStartError, WorkloadAttestationError } from './errors.js';
+export type { AttestationFailure, ServerStartFailure } from './errors.js';
+export { workloadProtoPath, PROTO_LOADER_OPTIONS } from './proto.js';

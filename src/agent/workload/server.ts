@@ -1,0 +1,511 @@
+/**
+ * The SPIFFE Workload API (SPIFFE_Workload_API.md, SPIFFE_Workload_Endpoint.md)
+ * on a Unix socket. Each call is judged by the kernel's record of the process
+ * that opened the connection carrying it (see connection-identity.ts), that
+ * process is attested from /proc, and the answer is sent only if the process
+ * is still the same one (same pid and start time) when the answer is ready.
+ */
+import type { Server as NetServer, Socket } from 'node:net';
+import * as grpc from '@grpc/grpc-js';
+import { JwtSvidError } from '../../spiffe/errors.js';
+import { InvalidSpiffeIdError } from '../../spiffe/errors.js';
+import { SpiffeId } from '../../spiffe/id.js';
+import { uptimeTicks, WorkloadAttestor, type WorkloadAttestation } from './attestor.js';
+import { ConnectionIdentities, type ConnectionIdentity } from './connection-identity.js';
+import { WorkloadAttestationError } from './errors.js';
+import type { Identity, IdentitySource, Unsubscribe } from './identity-source.js';
+import { jwtBundlesResponse, toStruct, x509BundlesResponse, x509SvidResponse } from './messages.js';
+import { workloadServiceDefinition } from './proto.js';
+import { formatSelector, selectorSetKey } from './selectors.js';
+import { listenUnixSocket } from './uds-listener.js';
+
+export const SECURITY_HEADER = 'workload.spiffe.io';
+
+export type WorkloadRpc =
+  | 'FetchX509SVID'
+  | 'FetchX509Bundles'
+  | 'FetchJWTSVID'
+  | 'FetchJWTBundles'
+  | 'ValidateJWTSVID'
+  | 'FetchWITSVID'
+  | 'FetchWITBundles';
+
+/** One line of the audit log: every identity issued or refused, who asked and why. */
+export interface WorkloadAuditEvent {
+  readonly time: string;
+  readonly rpc: WorkloadRpc;
+  readonly outcome: 'issued' | 'refused';
+  /** gRPC status name when refused (PERMISSION_DENIED, UNAVAILABLE, …). */
+  readonly code?: string;
+  readonly pid?: number;
+  readonly uid?: number;
+  readonly gid?: number;
+  readonly spiffeIds?: readonly string[];
+  readonly selectors?: readonly string[];
+  readonly reason?: string;
+}
+
+export interface WorkloadApiServerOptions {
+  readonly socketPath: string;
+  readonly source: IdentitySource;
+  /** Default: a WorkloadAttestor that hashes executables only when some entry uses unix:sha256. */
+  readonly attestor?: WorkloadAttestor;
+  /** Serve bundles (and ValidateJWTSVID) to callers that match no entry, as SPIRE's allow_unauthenticated_verifiers. */
+  readonly allowUnauthenticatedVerifiers?: boolean;
+  /** Where audit events go; default one JSON line each on stderr. */
+  readonly audit?: (event: WorkloadAuditEvent) => void;
+  /**
+   * A connection with no call for this long is closed (default 5 minutes).
+   * Clients reconnect transparently; it also reclaims connections whose HTTP/2
+   * session ended (e.g. a GOAWAY) but whose client never closed the socket.
+   */
+  readonly idleConnectionTimeoutMs?: number;
+}
+
+export interface WorkloadApiServer {
+  readonly socketPath: string;
+  /** FetchX509SVID / FetchX509Bundles / FetchJWTBundles streams currently open. */
+  readonly openStreams: number;
+  /** Accepted connections not yet closed. */
+  readonly openConnections: number;
+  /** Stops accepting, ends every stream with UNAVAILABLE, closes connections (forcibly after `graceMs`) and removes the socket file. */
+  stop(graceMs?: number): Promise<void>;
+}
+
+/** A refusal with the gRPC status it is answered with. */
+class RpcRefusal extends Error {
+  override readonly name = 'RpcRefusal';
+  constructor(
+    readonly code: grpc.status,
+    readonly details: string,
+    /** For the audit line only, never sent to the caller. */
+    readonly auditReason: string = details,
+  ) {
+    super(details);
+  }
+}
+
+const NO_IDENTITY = 'no identity issued';
+
+interface Caller {
+  readonly conn: ConnectionIdentity;
+  readonly attestation: WorkloadAttestation;
+  /** Canonical selector-set key: callers with the same selectors share computed answers. */
+  readonly key: string;
+}
+
+type StreamKind = 'x509svid' | 'x509bundles' | 'jwtbundles';
+type Answer = { readonly bytes: Buffer; readonly spiffeIds: readonly string[] } | { readonly refusal: RpcRefusal };
+
+interface OpenStream {
+  readonly kind: StreamKind;
+  readonly rpc: WorkloadRpc;
+  readonly caller: Caller;
+  readonly call: grpc.ServerWritableStream<unknown, unknown>;
+  last: Buffer | undefined;
+  running: boolean;
+  dirty: boolean;
+  closed: boolean;
+}
+
+const statusName = (code: grpc.status): string => grpc.status[code] ?? String(code);
+
+function defaultAudit(e: WorkloadAuditEvent): void {
+  process.stderr.write(`${JSON.stringify({ audit: 'workload-api', ...e })}\n`);
+}
+
+function hasSecurityHeader(md: grpc.Metadata): boolean {
+  const values = md.get(SECURITY_HEADER);
+  return values.length === 1 && values[0] === 'true';
+}
+
+/** Resolves when the stream can take more data or is gone; leaves no listener behind. */
+function drained(call: grpc.ServerWritableStream<unknown, unknown>): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      call.off('drain', done);
+      call.off('close', done);
+      resolve();
+    };
+    call.on('drain', done);
+    call.on('close', done);
+  });
+}
+
+class WorkloadApi implements WorkloadApiServer {
+  readonly #source: IdentitySource;
+  readonly #attestor: WorkloadAttestor;
+  readonly #allowUnauthenticated: boolean;
+  readonly #audit: (e: WorkloadAuditEvent) => void;
+  readonly #connections = new ConnectionIdentities();
+  readonly #sockets = new Set<Socket>();
+  readonly #streams = new Set<OpenStream>();
+  /** Serialized answers of the current source generation, by stream kind and selector set. */
+  readonly #answers = new Map<string, Answer>();
+  readonly #grpc: grpc.Server;
+  readonly #injector: grpc.ConnectionInjector;
+  readonly #serialize: Record<StreamKind, (v: object) => Buffer>;
+  #netServer: NetServer | undefined;
+  #unsubscribe: Unsubscribe | undefined;
+  #stopping: Promise<void> | undefined;
+
+  constructor(
+    readonly socketPath: string,
+    o: WorkloadApiServerOptions,
+  ) {
+    this.#source = o.source;
+    this.#attestor = o.attestor ?? new WorkloadAttestor({ wants: (kind) => o.source.usesSelectorKind(kind) });
+    this.#allowUnauthenticated = o.allowUnauthenticatedVerifiers ?? false;
+    this.#audit = o.audit ?? defaultAudit;
+    this.#grpc = new grpc.Server({ 'grpc.max_connection_idle_ms': o.idleConnectionTimeoutMs ?? 300_000 });
+
+    const def = workloadServiceDefinition();
+    const method = (name: WorkloadRpc): grpc.MethodDefinition<object, object> => def[name] as grpc.MethodDefinition<object, object>;
+    // Stream answers are serialized once per change and shared by every stream
+    // that gets the same answer; the service writes those bytes as they are.
+    const passBytes = (d: grpc.MethodDefinition<object, object>) => ({
+      ...d,
+      responseSerialize: (v: object): Buffer => (Buffer.isBuffer(v) ? v : d.responseSerialize(v)),
+    });
+    this.#serialize = {
+      x509svid: method('FetchX509SVID').responseSerialize,
+      x509bundles: method('FetchX509Bundles').responseSerialize,
+      jwtbundles: method('FetchJWTBundles').responseSerialize,
+    };
+    const service: grpc.ServiceDefinition = {
+      ...def,
+      FetchX509SVID: passBytes(method('FetchX509SVID')),
+      FetchX509Bundles: passBytes(method('FetchX509Bundles')),
+      FetchJWTBundles: passBytes(method('FetchJWTBundles')),
+    };
+    this.#grpc.addService(service, {
+      FetchX509SVID: (call: grpc.ServerWritableStream<unknown, unknown>) => void this.#openStream('FetchX509SVID', 'x509svid', call),
+      FetchX509Bundles: (call: grpc.ServerWritableStream<unknown, unknown>) => void this.#openStream('FetchX509Bundles', 'x509bundles', call),
+      FetchJWTBundles: (call: grpc.ServerWritableStream<unknown, unknown>) => void this.#openStream('FetchJWTBundles', 'jwtbundles', call),
+      FetchJWTSVID: (call: grpc.ServerUnaryCall<JwtSvidRequest, unknown>, cb: grpc.sendUnaryData<unknown>) =>
+        void this.#unary('FetchJWTSVID', call, cb, (c) => this.#fetchJwtSvid(call.request, c)),
+      ValidateJWTSVID: (call: grpc.ServerUnaryCall<ValidateRequest, unknown>, cb: grpc.sendUnaryData<unknown>) =>
+        void this.#unary('ValidateJWTSVID', call, cb, (c) => this.#validateJwtSvid(call.request, c), () => this.#checkValidateRequest(call.request)),
+      FetchWITSVID: (call: grpc.ServerWritableStream<unknown, unknown>) => this.#unimplemented('FetchWITSVID', call),
+      FetchWITBundles: (call: grpc.ServerWritableStream<unknown, unknown>) => this.#unimplemented('FetchWITBundles', call),
+    });
+    this.#injector = this.#grpc.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+  }
+
+  get openStreams(): number {
+    return this.#streams.size;
+  }
+
+  get openConnections(): number {
+    return this.#sockets.size;
+  }
+
+  async listen(): Promise<void> {
+    this.#unsubscribe = this.#source.subscribe(() => this.#onSourceChange());
+    try {
+      this.#netServer = await listenUnixSocket(this.socketPath, (s) => this.#accept(s));
+    } catch (e) {
+      this.#unsubscribe();
+      this.#injector.destroy();
+      throw e;
+    }
+    // After listening, an error (EMFILE on accept, …) must not crash the agent.
+    this.#netServer.on('error', (e) => this.#audit({ time: new Date().toISOString(), rpc: 'FetchX509SVID', outcome: 'refused', reason: `listener error: ${e.message}` }));
+  }
+
+  #accept(socket: Socket): void {
+    if (this.#stopping) {
+      socket.destroy();
+      return;
+    }
+    // As close to accept as we can: a process younger than this did not open the connection.
+    const acceptedBy = uptimeTicks().catch(() => undefined);
+    try {
+      this.#connections.attach(socket, acceptedBy);
+    } catch (e) {
+      // Without the kernel's answer the connection cannot be served at all.
+      socket.destroy();
+      return;
+    }
+    this.#sockets.add(socket);
+    socket.once('close', () => this.#sockets.delete(socket));
+    this.#injector.injectConnection(socket);
+  }
+
+  /** Header, connection, attestation: who is calling, or a refusal. */
+  async #authenticate(call: { metadata: grpc.Metadata; getPeer(): string }): Promise<Caller> {
+    if (!hasSecurityHeader(call.metadata)) throw new RpcRefusal(grpc.status.INVALID_ARGUMENT, 'security header missing from request');
+    const conn = this.#connections.forPeer(call.getPeer());
+    if (!conn) throw new RpcRefusal(grpc.status.UNAVAILABLE, 'the caller could not be identified', 'no peer credentials recorded for the connection');
+    let attestation: WorkloadAttestation;
+    try {
+      attestation = await this.#attestor.attestPid(conn.peer.pid, conn.peer, await conn.acceptedBy);
+    } catch (e) {
+      if (e instanceof WorkloadAttestationError) throw new RpcRefusal(grpc.status.UNAVAILABLE, 'workload attestation failed', e.message);
+      throw e;
+    }
+    return { conn, attestation, key: selectorSetKey(attestation.selectors) };
+  }
+
+  /** The last check before anything is sent: the attested process is still the one at the pid. */
+  async #ensureSameProcess(caller: Caller): Promise<void> {
+    if (!(await this.#attestor.isSameProcess(caller.attestation.stamp))) {
+      throw new RpcRefusal(
+        grpc.status.PERMISSION_DENIED,
+        'the calling process is gone',
+        `pid ${caller.attestation.stamp.pid} exited or was reused after attestation`,
+      );
+    }
+  }
+
+  #auditEvent(rpc: WorkloadRpc, caller: Caller | undefined, conn: ConnectionIdentity | undefined, rest: Partial<WorkloadAuditEvent>): void {
+    const peer = caller?.conn.peer ?? conn?.peer;
+    this.#audit({
+      time: new Date().toISOString(),
+      rpc,
+      outcome: 'refused',
+      ...(peer ? { pid: peer.pid, uid: peer.uid, gid: peer.gid } : {}),
+      ...rest,
+    });
+  }
+
+  #refused(rpc: WorkloadRpc, caller: Caller | undefined, call: { getPeer(): string }, e: unknown): grpc.StatusObject {
+    const r = e instanceof RpcRefusal ? e : new RpcRefusal(grpc.status.INTERNAL, 'internal error', `unexpected: ${(e as Error)?.message ?? String(e)}`);
+    this.#auditEvent(rpc, caller, this.#connections.forPeer(call.getPeer()), {
+      outcome: 'refused',
+      code: statusName(r.code),
+      reason: r.auditReason,
+      ...(caller ? { selectors: caller.attestation.selectors.map(formatSelector) } : {}),
+    });
+    return { code: r.code, details: r.details, metadata: new grpc.Metadata() };
+  }
+
+  // ---------- unary RPCs ----------
+
+  async #unary<Req>(
+    rpc: WorkloadRpc,
+    call: grpc.ServerUnaryCall<Req, unknown>,
+    cb: grpc.sendUnaryData<unknown>,
+    answer: (c: Caller) => Promise<{ response: object; spiffeIds: readonly string[] }>,
+    checkRequest?: () => void,
+  ): Promise<void> {
+    let caller: Caller | undefined;
+    try {
+      if (!hasSecurityHeader(call.metadata)) throw new RpcRefusal(grpc.status.INVALID_ARGUMENT, 'security header missing from request');
+      checkRequest?.();
+      caller = await this.#authenticate(call);
+      const { response, spiffeIds } = await answer(caller);
+      await this.#ensureSameProcess(caller);
+      cb(null, response);
+      this.#auditEvent(rpc, caller, undefined, { outcome: 'issued', spiffeIds });
+    } catch (e) {
+      cb(this.#refused(rpc, caller, call, e));
+    }
+  }
+
+  #identities(caller: Caller): readonly Identity[] {
+    return this.#source.identitiesFor(caller.attestation.selectors);
+  }
+
+  async #fetchJwtSvid(req: JwtSvidRequest, caller: Caller): Promise<{ response: object; spiffeIds: readonly string[] }> {
+    const audience = req.audience ?? [];
+    if (audience.length === 0 || audience.some((a) => typeof a !== 'string' || a === '')) {
+      throw new RpcRefusal(grpc.status.INVALID_ARGUMENT, 'audience must be specified');
+    }
+    let identities = this.#identities(caller);
+    if (identities.length === 0) throw new RpcRefusal(grpc.status.PERMISSION_DENIED, NO_IDENTITY, 'no registration entry matches the selectors');
+    if (req.spiffe_id) {
+      let wanted: SpiffeId;
+      try {
+        wanted = SpiffeId.parse(req.spiffe_id);
+      } catch (e) {
+        if (e instanceof InvalidSpiffeIdError) throw new RpcRefusal(grpc.status.INVALID_ARGUMENT, `spiffe_id: ${e.reason}`);
+        throw e;
+      }
+      identities = identities.filter((i) => i.spiffeId.equals(wanted));
+      if (identities.length === 0) {
+        throw new RpcRefusal(grpc.status.PERMISSION_DENIED, `no identity issued for ${wanted.toString()}`, `caller asked for ${wanted.toString()}, which it does not hold`);
+      }
+    }
+    const svids = await Promise.all(
+      identities.map(async (i) => {
+        try {
+          const jwt = await this.#source.fetchJwtSvid(i.entryId, audience);
+          return { spiffe_id: i.spiffeId.toString(), svid: jwt.token, hint: i.hint };
+        } catch (e) {
+          throw new RpcRefusal(grpc.status.UNAVAILABLE, 'could not fetch a JWT-SVID', `minting for ${i.spiffeId.toString()} failed: ${(e as Error).message}`);
+        }
+      }),
+    );
+    return { response: { svids }, spiffeIds: svids.map((s) => s.spiffe_id) };
+  }
+
+  #checkValidateRequest(req: ValidateRequest): void {
+    if (!req.audience) throw new RpcRefusal(grpc.status.INVALID_ARGUMENT, 'audience must be specified');
+    if (!req.svid) throw new RpcRefusal(grpc.status.INVALID_ARGUMENT, 'svid must be specified');
+  }
+
+  async #validateJwtSvid(req: ValidateRequest, caller: Caller): Promise<{ response: object; spiffeIds: readonly string[] }> {
+    // Validation reads the trust bundles, so it is open to whoever may read them.
+    if (!this.#allowUnauthenticated && this.#identities(caller).length === 0) {
+      throw new RpcRefusal(grpc.status.PERMISSION_DENIED, NO_IDENTITY, 'no registration entry matches the selectors');
+    }
+    let validated;
+    try {
+      validated = await this.#source.validateJwt(req.svid, req.audience);
+    } catch (e) {
+      if (e instanceof JwtSvidError) throw new RpcRefusal(grpc.status.INVALID_ARGUMENT, e.message);
+      throw new RpcRefusal(grpc.status.UNAVAILABLE, 'the token could not be validated', (e as Error).message);
+    }
+    let claims;
+    try {
+      claims = toStruct(validated.claims);
+    } catch (e) {
+      throw new RpcRefusal(grpc.status.INVALID_ARGUMENT, `the token's claims cannot be represented: ${(e as Error).message}`);
+    }
+    return { response: { spiffe_id: validated.spiffeId.toString(), claims }, spiffeIds: [] };
+  }
+
+  #unimplemented(rpc: WorkloadRpc, call: grpc.ServerWritableStream<unknown, unknown>): void {
+    call.emit('error', { code: grpc.status.UNIMPLEMENTED, details: `${rpc} is not supported by this agent (WIT-SVIDs are an optional profile)` });
+  }
+
+  // ---------- streams ----------
+
+  async #openStream(rpc: WorkloadRpc, kind: StreamKind, call: grpc.ServerWritableStream<unknown, unknown>): Promise<void> {
+    let caller: Caller;
+    try {
+      caller = await this.#authenticate(call);
+    } catch (e) {
+      this.#endStream(call, this.#refused(rpc, undefined, call, e));
+      return;
+    }
+    if (call.cancelled || call.destroyed || this.#stopping) return;
+    const st: OpenStream = { kind, rpc, caller, call, last: undefined, running: false, dirty: false, closed: false };
+    this.#streams.add(st);
+    call.once('close', () => {
+      st.closed = true;
+      this.#streams.delete(st);
+    });
+    await this.#pump(st);
+  }
+
+  #endStream(call: grpc.ServerWritableStream<unknown, unknown>, status: Partial<grpc.StatusObject>): void {
+    if (call.destroyed || call.writableEnded) return;
+    // grpc-js turns an 'error' event on a server stream into the call's final status.
+    call.emit('error', status);
+  }
+
+  #answer(kind: StreamKind, caller: Caller): Answer {
+    const key = `${kind}\u0000${caller.key}`;
+    const hit = this.#answers.get(key);
+    if (hit) return hit;
+    const identities = this.#identities(caller);
+    let answer: Answer;
+    if (identities.length === 0 && (kind === 'x509svid' || !this.#allowUnauthenticated)) {
+      answer = { refusal: new RpcRefusal(grpc.status.PERMISSION_DENIED, NO_IDENTITY, 'no registration entry matches the selectors') };
+    } else {
+      const bundles = this.#source.bundles();
+      const message =
+        kind === 'x509svid' ? x509SvidResponse(identities, bundles) : kind === 'x509bundles' ? x509BundlesResponse(identities, bundles) : jwtBundlesResponse(identities, bundles);
+      answer = { bytes: this.#serialize[kind](message), spiffeIds: kind === 'x509svid' ? identities.map((i) => i.spiffeId.toString()) : [] };
+    }
+    // Bounded: the entries of one generation are as many as distinct selector sets calling.
+    if (this.#answers.size > 10_000) this.#answers.clear();
+    this.#answers.set(key, answer);
+    return answer;
+  }
+
+  /**
+   * Sends the stream the current answer if it differs from what it last got.
+   * One pump per stream at a time; changes during a send are coalesced into
+   * one more round, so a slow reader gets the latest state, not a backlog.
+   */
+  async #pump(st: OpenStream): Promise<void> {
+    if (st.running) {
+      st.dirty = true;
+      return;
+    }
+    st.running = true;
+    try {
+      do {
+        st.dirty = false;
+        if (st.closed) return;
+        const answer = this.#answer(st.kind, st.caller);
+        if ('refusal' in answer) {
+          this.#endStream(st.call, this.#refused(st.rpc, st.caller, st.call, answer.refusal));
+          return;
+        }
+        if (st.last?.equals(answer.bytes)) continue;
+        try {
+          await this.#ensureSameProcess(st.caller);
+        } catch (e) {
+          this.#endStream(st.call, this.#refused(st.rpc, st.caller, st.call, e));
+          return;
+        }
+        if (st.closed) return;
+        const more = st.call.write(answer.bytes);
+        st.last = answer.bytes;
+        if (st.kind === 'x509svid') this.#auditEvent(st.rpc, st.caller, undefined, { outcome: 'issued', spiffeIds: answer.spiffeIds });
+        if (!more) await drained(st.call);
+      } while (st.dirty);
+    } finally {
+      st.running = false;
+    }
+  }
+
+  #onSourceChange(): void {
+    this.#answers.clear();
+    for (const st of this.#streams) void this.#pump(st);
+  }
+
+  stop(graceMs = 2000): Promise<void> {
+    this.#stopping ??= this.#stop(graceMs);
+    return this.#stopping;
+  }
+
+  async #stop(graceMs: number): Promise<void> {
+    this.#unsubscribe?.();
+    const closed = this.#netServer
+      ? new Promise<void>((resolve) => this.#netServer!.close(() => resolve()))
+      : Promise.resolve();
+    for (const st of [...this.#streams]) {
+      st.closed = true;
+      this.#endStream(st.call, { code: grpc.status.UNAVAILABLE, details: 'the Workload API is shutting down' });
+    }
+    this.#streams.clear();
+    this.#injector.drain(graceMs);
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.#grpc.forceShutdown();
+        resolve();
+      }, graceMs);
+      timer.unref();
+      this.#grpc.tryShutdown(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    this.#injector.destroy();
+    for (const s of this.#sockets) s.destroy();
+    // libuv unlinks the socket file when the listening pipe closes; unlinking
+    // again here could remove the socket of an agent that started since.
+    await closed;
+  }
+}
+
+interface JwtSvidRequest {
+  audience?: string[];
+  spiffe_id?: string;
+}
+interface ValidateRequest {
+  audience: string;
+  svid: string;
+}
+
+/** Starts the Workload API on `socketPath`. Throws WorkloadApiStartError when the socket cannot be taken. */
+export async function startWorkloadApiServer(o: WorkloadApiServerOptions): Promise<WorkloadApiServer> {
+  const api = new WorkloadApi(o.socketPath, o);
+  await api.listen();
+  return api;
+}

@@ -1,0 +1,110 @@
+/**
+ * A fake Node API for the manager's unit tests: entries and bundles pushed by
+ * the test, CSRs signed by an openssl CA, JWTs minted by src/spiffe with an
+ * in-memory key, and a switch that makes the "server" unreachable.
+ */
+import { generateKeyPairSync, X509Certificate } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import { NodeApiError, type WireEntry, type WireSyncEntries, type WireX509SvidResult } from '../../src/agent/attestation/index.js';
+import type { NodeApi, SyncHandlers } from '../../src/agent/manager/index.js';
+import { signerFromPrivateKey } from '../../src/server/ca/index.js';
+import { TrustBundle, jwtBundleJson, mintJwtSvid } from '../../src/spiffe/index.js';
+import { SpiffeId } from '../../src/spiffe/id.js';
+import { makeCa, signCsr, type TestCa } from './pki.js';
+
+export const TD = 'example.org';
+
+export function entry(id: string, path: string, selectors: string[], extra: Partial<WireEntry> = {}): WireEntry {
+  return {
+    id,
+    spiffe_id: `spiffe://${TD}${path}`,
+    parent_id: `spiffe://${TD}/keel/agent/tpm/${'a'.repeat(64)}`,
+    selectors,
+    x509_svid_ttl: 0,
+    jwt_svid_ttl: 0,
+    dns_names: [],
+    federates_with: [],
+    hint: '',
+    revision: 1,
+    ...extra,
+  };
+}
+
+export class FakeNode implements NodeApi {
+  readonly ca: TestCa = makeCa(TD);
+  readonly jwtSigner = signerFromPrivateKey(generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey, 'ES256');
+  entries: WireEntry[] = [];
+  revision = 1;
+  down = false;
+  jwtTtlMs = 300_000;
+  /** Entry IDs the server refuses to sign (error `not-authorized`). */
+  readonly refuse = new Set<string>();
+  readonly signBatches: string[][] = [];
+  jwtMints = 0;
+  syncOpens = 0;
+  #subs = new Set<SyncHandlers>();
+
+  get x509BundleDer(): Buffer {
+    return this.ca.certDer;
+  }
+
+  snapshot(): WireSyncEntries {
+    const jwt = TrustBundle.create({ trustDomain: TD, jwtAuthorities: [[this.jwtSigner.keyId, this.jwtSigner.publicKey]] });
+    return {
+      entries: this.entries,
+      x509_bundles: { [`spiffe://${TD}`]: this.ca.certDer },
+      jwt_bundles: { [`spiffe://${TD}`]: Buffer.from(jwtBundleJson(jwt)) },
+      revision: this.revision,
+    };
+  }
+
+  /** Sends the current state down every open sync stream. */
+  push(): void {
+    this.revision++;
+    for (const s of this.#subs) s.onUpdate(this.snapshot());
+  }
+
+  /** The server goes away: open streams end with a transport error. */
+  goDown(): void {
+    this.down = true;
+    for (const s of [...this.#subs]) {
+      this.#subs.delete(s);
+      s.onEnd(new NodeApiError('transport', grpc.status.UNAVAILABLE, 'connection refused'));
+    }
+  }
+
+  get openStreams(): number {
+    return this.#subs.size;
+  }
+
+  syncEntries(handlers: SyncHandlers): () => void {
+    this.syncOpens++;
+    if (this.down) {
+      queueMicrotask(() => handlers.onEnd(new NodeApiError('transport', grpc.status.UNAVAILABLE, 'connection refused')));
+      return () => undefined;
+    }
+    this.#subs.add(handlers);
+    queueMicrotask(() => this.#subs.has(handlers) && handlers.onUpdate(this.snapshot()));
+    return () => void this.#subs.delete(handlers);
+  }
+
+  async signX509Svids(requests: readonly { entryId: string; csr: Buffer }[]): Promise<WireX509SvidResult[]> {
+    if (this.down) throw new NodeApiError('transport', grpc.status.UNAVAILABLE, 'connection refused');
+    this.signBatches.push(requests.map((r) => r.entryId));
+    return requests.map((r) => {
+      const e = this.entries.find((x) => x.id === r.entryId);
+      if (!e || this.refuse.has(r.entryId)) return { entry_id: r.entryId, cert_chain: [], expires_at: 0, error: 'not-authorized' };
+      const leaf = signCsr(this.ca, r.csr, e.spiffe_id);
+      return { entry_id: r.entryId, cert_chain: [leaf], expires_at: Math.floor(new Date(new X509Certificate(leaf).validTo).getTime() / 1000), error: '' };
+    });
+  }
+
+  async signJwtSvid(entryId: string, audience: readonly string[]): Promise<{ token: string; expiresAt: Date }> {
+    if (this.down) throw new NodeApiError('transport', grpc.status.UNAVAILABLE, 'connection refused');
+    const e = this.entries.find((x) => x.id === entryId);
+    if (!e) throw new NodeApiError('not-authorized', grpc.status.PERMISSION_DENIED, 'no such entry');
+    const expiresAt = new Date(Math.floor((Date.now() + this.jwtTtlMs) / 1000) * 1000);
+    this.jwtMints++;
+    return { token: await mintJwtSvid({ signer: this.jwtSigner, sub: SpiffeId.parse(e.spiffe_id), aud: audience, expiresAt }), expiresAt };
+  }
+}
