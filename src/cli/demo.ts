@@ -11,12 +11,12 @@ import { createWriteStream } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { connect, createServer, type TLSSocket } from 'node:tls';
 import { tmpdir, userInfo } from 'node:os';
-import { join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { freePort } from '../../simulator/ports.js';
 import { createSoftHsmToken } from '../../simulator/softhsm.js';
 import { startSwtpm } from '../../simulator/swtpm.js';
 import { startAgent } from '../agent/agent.js';
+import { repoRoot } from '../proto/index.js';
 import { agentConfigSchema, parseConfigText, serverConfigSchema } from '../config/index.js';
 import { createLogger } from '../log/index.js';
 import { startServer } from '../server/server.js';
@@ -31,12 +31,6 @@ const TD = 'example.org';
 function say(n: number, title: string, lines: string[] = []): void {
   console.log(`\n[${n}] ${title}`);
   for (const l of lines) console.log(`    ${l}`);
-}
-
-function repoRoot(): string {
-  // src/cli/demo.ts and dist/src/cli/demo.js both sit two levels under the package.
-  const here = fileURLToPath(new URL('.', import.meta.url));
-  return here.includes('/dist/') ? resolve(here, '../../..') : resolve(here, '../..');
 }
 
 const pem = (der: Buffer): string =>

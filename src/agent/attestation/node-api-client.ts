@@ -7,58 +7,18 @@
 import type { KeyObject } from 'node:crypto';
 import type { PeerCertificate } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
-import { nodeApiClientConstructor } from './proto.js';
+import {
+  nodeApiClientConstructor,
+  type WireAttestParams, type WireAttestResult, type WireChallenge, type WireChallengeResponse,
+  type WireSyncEntriesResponse, type WireX509SvidResult,
+} from '../../proto/node-api.js';
 
-export interface WireChallenge {
-  credential_blob: Buffer;
-  encrypted_secret: Buffer;
-  nonce: Buffer;
-  pcr_selection: { bank: string; pcrs: number[] }[];
-}
-export interface WireAttestResult {
-  spiffe_id: string;
-  svid_chain: Buffer[];
-  bundle: Buffer;
-  expires_at: number;
-  selectors: string[];
-}
-export interface WireParams {
-  ek_public?: Buffer;
-  ek_certificate?: Buffer;
-  ak_public?: Buffer;
-  csr?: Buffer;
-}
-export interface WireAnswer {
-  secret?: Buffer;
-  quote?: Buffer;
-  quote_signature?: Buffer;
-  pcr_values?: { bank: string; values: Record<string, Buffer> }[];
-  event_log?: Buffer;
-}
-export interface WireEntry {
-  id: string;
-  spiffe_id: string;
-  parent_id: string;
-  selectors: string[];
-  x509_svid_ttl: number;
-  jwt_svid_ttl: number;
-  dns_names: string[];
-  federates_with: string[];
-  hint: string;
-  revision: number;
-}
-export interface WireSyncEntries {
-  entries: WireEntry[];
-  x509_bundles: Record<string, Buffer>;
-  jwt_bundles: Record<string, Buffer>;
-  revision: number;
-}
-export interface WireX509SvidResult {
-  entry_id: string;
-  cert_chain: Buffer[];
-  expires_at: number;
-  error: string;
-}
+export type { WireChallenge, WireAttestResult } from '../../proto/node-api.js';
+/** What the agent sends: the proto's messages, with what it may leave out optional. */
+export type WireParams = Partial<WireAttestParams>;
+export type WireAnswer = Partial<WireChallengeResponse>;
+export type { WireEntry, WireX509SvidResult } from '../../proto/node-api.js';
+export type WireSyncEntries = WireSyncEntriesResponse;
 
 /** A call the server refused (reason from its `keel-reason` trailer) or that failed on the way. */
 export class NodeApiError extends Error {

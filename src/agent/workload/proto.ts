@@ -4,24 +4,16 @@
  * from src/ under tsx and from dist/ after a build).
  */
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { loadSync, type Options } from '@grpc/proto-loader';
 import { loadPackageDefinition, type ServiceDefinition } from '@grpc/grpc-js';
 import { WorkloadApiStartError } from './errors.js';
+import { repoRoot } from '../../proto/load.js';
+
+export { repoRoot };
 
 /** How messages look in JS: field names as in the proto (snake_case), bytes as Buffer. */
 export const PROTO_LOADER_OPTIONS: Options = { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true };
-
-export function repoRoot(from: string = fileURLToPath(import.meta.url)): string {
-  let dir = dirname(from);
-  for (;;) {
-    if (existsSync(join(dir, 'package.json'))) return dir;
-    const up = dirname(dir);
-    if (up === dir) throw new WorkloadApiStartError('proto-missing', '', `no package.json above ${from}`);
-    dir = up;
-  }
-}
 
 export function workloadProtoPath(): string {
   return join(repoRoot(), 'proto', 'workload.proto');

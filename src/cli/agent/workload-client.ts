@@ -10,17 +10,8 @@ import { DEFAULT_WORKLOAD_API_SOCKET } from '../../config/agent-schema.js';
 import { PROTO_LOADER_OPTIONS, workloadProtoPath } from '../../agent/workload/proto.js';
 import { CliError } from '../command.js';
 
-export interface X509SvidMessage {
-  spiffe_id: string;
-  x509_svid: Buffer;
-  x509_svid_key: Buffer;
-  bundle: Buffer;
-  hint: string;
-}
-export interface X509SvidResponse {
-  svids: X509SvidMessage[];
-  federated_bundles: Record<string, Buffer>;
-}
+export type { X509SvidMessage, X509SvidResponse } from '../../agent/workload/messages.js';
+import type { X509SvidResponse } from '../../agent/workload/messages.js';
 export interface JwtSvidResponse {
   svids: { spiffe_id: string; svid: string; hint: string }[];
 }

@@ -7,64 +7,16 @@ import * as grpc from '@grpc/grpc-js';
 import type { AttestParams, AttestationResult, Challenge, ChallengeResponse, PcrValuesMessage } from '../attestation/types.js';
 import { AttestationError, type AttestationReason } from '../attestation/errors.js';
 import { formatSelector, type RegistrationEntry } from '../store/index.js';
+import {
+  REASON_METADATA_KEY,
+  type WireAttestParams, type WireAttestRequest, type WireAttestResponse, type WireChallengeResponse, type WireEntry,
+} from '../../proto/node-api.js';
 
-export interface WireAttestParams {
-  ek_public: Buffer;
-  ek_certificate: Buffer;
-  ak_public: Buffer;
-  csr: Buffer;
-}
-export interface WirePcrValues {
-  bank: string;
-  values: Record<string, Buffer>;
-}
-export interface WireChallengeResponse {
-  secret: Buffer;
-  quote: Buffer;
-  quote_signature: Buffer;
-  pcr_values: WirePcrValues[];
-  event_log: Buffer;
-}
-export interface WireAttestRequest {
-  step?: 'params' | 'challenge_response';
-  params?: WireAttestParams | null;
-  challenge_response?: WireChallengeResponse | null;
-}
-export interface WireAttestResponse {
-  challenge?: { credential_blob: Buffer; encrypted_secret: Buffer; nonce: Buffer; pcr_selection: { bank: string; pcrs: number[] }[] };
-  result?: { spiffe_id: string; svid_chain: Buffer[]; bundle: Buffer; expires_at: number; selectors: string[] };
-}
-export interface WireEntry {
-  id: string;
-  spiffe_id: string;
-  parent_id: string;
-  selectors: string[];
-  x509_svid_ttl: number;
-  jwt_svid_ttl: number;
-  dns_names: string[];
-  federates_with: string[];
-  hint: string;
-  revision: number;
-}
-export interface WireSyncEntriesResponse {
-  entries: WireEntry[];
-  x509_bundles: Record<string, Buffer>;
-  jwt_bundles: Record<string, Buffer>;
-  revision: number;
-}
-export interface WireSignX509SvidsRequest {
-  requests: { entry_id: string; csr: Buffer }[];
-}
-export interface WireX509SvidResult {
-  entry_id: string;
-  cert_chain: Buffer[];
-  expires_at: number;
-  error: string;
-}
-export interface WireSignJwtSvidRequest {
-  entry_id: string;
-  audience: string[];
-}
+export type {
+  WireAttestParams, WirePcrValues, WireChallengeResponse, WireAttestRequest, WireAttestResponse, WireEntry,
+  WireSyncEntriesResponse, WireSignX509SvidsRequest, WireX509SvidResult, WireSignJwtSvidRequest,
+} from '../../proto/node-api.js';
+export { REASON_METADATA_KEY } from '../../proto/node-api.js';
 
 /** The request's step, or a typed refusal when the message is not the step expected. */
 export function expectStep<K extends 'params' | 'challenge_response'>(msg: WireAttestRequest | undefined, step: K): NonNullable<WireAttestRequest[K]> {
@@ -130,8 +82,6 @@ export function entryToWire(e: RegistrationEntry): WireEntry {
   };
 }
 
-/** Metadata key of the refusal reason in the trailers. */
-export const REASON_METADATA_KEY = 'keel-reason';
 
 const CODE_OF: Partial<Record<AttestationReason, grpc.status>> = {
   malformed: grpc.status.INVALID_ARGUMENT,
