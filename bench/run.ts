@@ -44,7 +44,7 @@ let failed = 0;
 for (const s of scripts) {
   const name = s.replace(/\.ts$/, '');
   process.stderr.write(`\n=== ${name} ===\n`);
-  const r = spawnSync(process.execPath, ['--import', 'tsx', join(here, s)], {
+  const r = spawnSync(process.execPath, ['--expose-gc', '--import', 'tsx', join(here, s)], {
     stdio: ['ignore', 'pipe', 'inherit'],
     env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '8' },
     maxBuffer: 64 * 1024 * 1024,
