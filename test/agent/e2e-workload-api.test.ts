@@ -22,7 +22,11 @@ import { createLocalJWKSet, jwtVerify } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSwtpm, type Swtpm } from '../../simulator/swtpm.js';
 import { startAgent, type RunningAgent } from '../../src/agent/agent.js';
-import { repoRoot, workloadProtoPath } from '../../src/agent/workload/proto.js';
+import { otherUidRuntime } from '../helpers/other-uid.js';
+
+// Copied to a world-readable place when the checkout is not (see test/helpers/other-uid.ts).
+const runtime = otherUidRuntime();
+afterAll(() => runtime.dispose());
 import { agentConfigSchema, loadConfig, type AgentConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/log/index.js';
 import { parseSelector, serverIdOf } from '../../src/server/store/index.js';
@@ -233,7 +237,7 @@ class OtherUidWorkload {
   #stderr = '';
 
   constructor(script: string, uid: number) {
-    this.#child = spawn(NODE, [script, config.workload_api.socket_path, workloadProtoPath()], { uid, gid: uid, stdio: ['pipe', 'pipe', 'pipe'] });
+    this.#child = spawn(NODE, [script, config.workload_api.socket_path, runtime.proto('workload.proto')], { uid, gid: uid, stdio: ['pipe', 'pipe', 'pipe'] });
     this.#child.stderr!.on('data', (d: Buffer) => (this.#stderr += d.toString()));
     createInterface({ input: this.#child.stdout! }).on('line', (l) => {
       const w = this.#waiting.shift();
@@ -276,7 +280,7 @@ describe('a process under an unregistered uid', () => {
   it('gets PermissionDenied "no identity issued"; once an entry for its uid is registered, the same process gets that SVID', async () => {
     chmodSync(scripts, 0o755);
     const script = join(scripts, 'client.mjs');
-    writeFileSync(script, OTHER_UID_CLIENT((p) => pathToFileURL(join(repoRoot(), 'node_modules', p)).href), { mode: 0o644 });
+    writeFileSync(script, OTHER_UID_CLIENT((p) => runtime.moduleUrl(p)), { mode: 0o644 });
     other = new OtherUidWorkload(script, NOBODY);
 
     const x509Refused = await other.ask('x509');

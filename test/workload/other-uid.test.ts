@@ -12,7 +12,7 @@ import { pathToFileURL } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startWorkloadApiServer, workloadProtoPath, type WorkloadApiServer, type WorkloadAuditEvent } from '../../src/agent/workload/index.js';
-import { repoRoot } from '../../src/agent/workload/proto.js';
+import { otherUidRuntime } from '../helpers/other-uid.js';
 import { formatSelector } from '../../src/agent/workload/selectors.js';
 import { FakeIdentitySource } from './fake-source.js';
 import { header, StreamReader, tmpSocketPath, unary, workloadClient, type X509SvidResponse } from './client.js';
@@ -20,7 +20,10 @@ import { rawCall, sessionOver } from './raw-grpc.js';
 
 const NODE = realpathSync(process.execPath);
 const NODE_SHA256 = execFileSync('sha256sum', [NODE], { encoding: 'utf8' }).split(' ')[0]!;
-const modUrl = (p: string) => pathToFileURL(join(repoRoot(), 'node_modules', p)).href;
+// Copied to a world-readable place when the checkout is not (see test/helpers/other-uid.ts).
+const runtime = otherUidRuntime();
+afterAll(() => runtime.dispose());
+const modUrl = (p: string) => runtime.moduleUrl(p);
 
 /** A grpc-js workload, plain ESM so that any uid can run it with node alone. */
 const CLIENT_SCRIPT = `
@@ -66,7 +69,7 @@ describe('caller identity per connection, across uids and processes', () => {
   let server: WorkloadApiServer;
 
   function runClient(uid: number, mode: 'x509' | 'jwt'): Promise<ClientResult> {
-    const child = spawn(NODE, [join(scripts, 'client.mjs'), socketPath, mode, workloadProtoPath()], { uid, gid: uid, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(NODE, [join(scripts, 'client.mjs'), socketPath, mode, runtime.proto('workload.proto')], { uid, gid: uid, stdio: ['ignore', 'pipe', 'pipe'] });
     children.push(child);
     let out = '';
     let err = '';
