@@ -14,6 +14,7 @@ export type AuditEvent =
   | { event: 'svid.jwt_issued'; spiffeId: string; entryId: string; agentId: string; audience: string[]; notAfter: string; keyId?: string }
   | { event: 'svid.refused'; agentId: string; entryId: string; reason: string }
   | { event: 'admin.change'; actor: string; action: string; target: string; detail?: Record<string, unknown> }
+  | { event: 'admin.refused'; status: 401 | 403; reason: string; method: string; path: string; peer: string }
   | { event: 'ca.key_rotated'; kind: 'x509' | 'jwt'; keyId: string; state: string };
 
 export interface AuditLog {

@@ -54,6 +54,9 @@ describe('admin API over TCP', () => {
     expect(r.contentType).toMatch(/^application\/problem\+json/);
     expect(r.json()).toMatchObject({ type: 'urn:keel:problem:unauthenticated', status: 401, title: 'Authentication required' });
     expect(r.json().detail).toMatch(/no client certificate/);
+    // The refusal is an audit line.
+    const ev = api.audit.events.findLast((e) => e.event === 'admin.refused');
+    expect(ev).toMatchObject({ event: 'admin.refused', status: 401, method: 'GET', path: '/v1/entries' });
   });
 
   it('refuses an SVID signed by a CA outside the bundle with 401', async () => {
@@ -76,6 +79,7 @@ describe('admin API over TCP', () => {
     // Not even a write goes through.
     const w = await mtls(pki.workloadSvid, '/v1/entries', 'POST', entry('spiffe://example.org/sneaky'));
     expect(w.status).toBe(403);
+    expect(api.audit.events.findLast((e) => e.event === 'admin.refused')).toMatchObject({ status: 403, method: 'POST', reason: expect.stringContaining(WORKLOAD_ID) });
     const list = await unixRequest(api.socket, 'GET', '/v1/entries');
     expect(list.json().entries.map((e: { spiffeId: string }) => e.spiffeId)).not.toContain('spiffe://example.org/sneaky');
   });

@@ -72,7 +72,15 @@ export function registerAdminRoutes(app: FastifyInstance, deps: AdminRouteDeps):
     audit.record({ event: 'admin.change', actor: actorOf(req), action, target, ...(detail ? { detail } : {}) });
 
   app.addHook('onRequest', async (req) => {
-    actors.set(req, await deps.authenticate(req.raw.socket));
+    try {
+      actors.set(req, await deps.authenticate(req.raw.socket));
+    } catch (e) {
+      // A refused admin caller is part of the audit trail too.
+      if (e instanceof ProblemError && (e.status === 401 || e.status === 403)) {
+        audit.record({ event: 'admin.refused', status: e.status, reason: e.detail, method: req.method, path: req.url.split('?')[0] ?? '', peer: req.socket.remoteAddress ?? 'local' });
+      }
+      throw e;
+    }
   });
 
   const send = (reply: FastifyReply, status: number, body: unknown) => reply.code(status).type(JSON_TYPE).send(JSON.stringify(body));
