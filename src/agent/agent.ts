@@ -22,6 +22,7 @@ import type { Logger } from '../log/index.js';
 import { parseDerCertificates } from '../spiffe/index.js';
 import type { TrustDomain } from '../spiffe/id.js';
 import { TpmDevice, type AkBlobs } from '../tpm/device.js';
+import { TpmObjectError } from '../tpm/tpm-error.js';
 import { attestNode, NodeApiError, renewAgentSvid, type AgentSvid } from './attestation/index.js';
 import { AgentSvidRotator, Backoff, formatDelay, SvidManager, type AgentIdentity, type BackoffOptions } from './manager/index.js';
 import { NodeSession } from './node-client.js';
@@ -30,7 +31,7 @@ import type { BundleSnapshot } from './workload/identity-source.js';
 
 export const DEFAULT_EVENT_LOG = '/sys/kernel/security/tpm0/binary_bios_measurements';
 
-export type AgentStartFailure = 'unsupported-config' | 'bootstrap-bundle' | 'data-dir' | 'aborted';
+export type AgentStartFailure = 'bootstrap-bundle' | 'data-dir' | 'aborted';
 
 export class AgentStartError extends Error {
   override readonly name = 'AgentStartError';
@@ -103,6 +104,31 @@ async function loadOrCreateAk(config: AgentConfig, device: TpmDevice, log: Logge
   return blobs;
 }
 
+/**
+ * The AK at a persistent handle (faster on real TPMs than loading blobs under
+ * the EK at every quote). Made once under the EK and persisted when the
+ * handle is empty.
+ */
+async function persistentAk(handle: number, config: AgentConfig, device: TpmDevice, log: Logger): Promise<number> {
+  const hex = `0x${handle.toString(16)}`;
+  try {
+    await device.flush(await device.akFromPersistent(handle));
+    log.info('using the persistent attestation key', { handle: hex });
+    return handle;
+  } catch (e) {
+    if (!(e instanceof TpmObjectError)) throw e;
+  }
+  const blobs = await device.createAk(config.tpm.ek_kind, config.tpm.ak_kind);
+  const ak = await device.loadAk(config.tpm.ek_kind, blobs);
+  try {
+    await device.persistAk(ak, handle);
+  } finally {
+    await device.flush(ak);
+  }
+  log.info('created a new attestation key and made it persistent', { handle: hex });
+  return handle;
+}
+
 interface CachedBundle {
   readonly trust_domain: string;
   readonly x509_der: string;
@@ -148,12 +174,6 @@ function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
 
 export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
   const { config, logger: log } = o;
-  if (config.tpm.ak_persistent_handle !== undefined) {
-    throw new AgentStartError(
-      'unsupported-config',
-      'agent.tpm.ak_persistent_handle is not supported yet: the agent keeps its AK as TPM-wrapped blobs in data_dir; remove the key',
-    );
-  }
   const td: TrustDomain = config.trust_domain;
   const serverAddress = `${config.server.address.host.includes(':') ? `[${config.server.address.host}]` : config.server.address.host}:${config.server.address.port}`;
   try {
@@ -181,10 +201,12 @@ export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
   let rotator: AgentSvidRotator | undefined;
   let workload: WorkloadApiServer | undefined;
   try {
-    const akBlobs = await loadOrCreateAk(config, device, log);
+    const akRef = config.tpm.ak_persistent_handle !== undefined
+      ? { akPersistentHandle: await persistentAk(config.tpm.ak_persistent_handle, config, device, log) }
+      : { akBlobs: await loadOrCreateAk(config, device, log) };
     const attest = async (): Promise<AgentIdentity> => {
       const key = newTlsKey();
-      const svid = await attestNode({ device, ekKind, akBlobs, csrKey: key, eventLogPath, serverAddress, serverCaBundle: serverTrust(), trustDomain: td.name });
+      const svid = await attestNode({ device, ekKind, ...akRef, csrKey: key, eventLogPath, serverAddress, serverCaBundle: serverTrust(), trustDomain: td.name });
       return identityOf(svid, key);
     };
 
@@ -232,7 +254,7 @@ export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
         const svid = await renewAgentSvid({
           device,
           ekKind,
-          akBlobs,
+          ...akRef,
           svid: { chain: current.chain, key: current.key },
           csrKey: key,
           eventLogPath,

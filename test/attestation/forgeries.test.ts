@@ -338,7 +338,7 @@ describe('challenge answers (the nonce is spent by every answer)', () => {
 
 describe('renewal and SVID calls (mTLS)', () => {
   beforeAll(() => {
-    attestedAkBlobs = (attested as AgentSvid).akBlobs;
+    attestedAkBlobs = (attested as AgentSvid).akBlobs!;
   });
   const renewAnswer = (ch: WireChallenge, blobs: AkBlobs): Promise<WireAnswer> => withAk(A, 'ecc-p384', blobs, (h) => quoteForChallenge(A.device, h, blobs.public, ch));
 

@@ -34,6 +34,8 @@ export interface AttestNodeOptions extends ServerConnection {
   readonly ekKind: EkKind;
   /** An AK made earlier under the same EK (kept on disk); a new one is created when absent. */
   readonly akBlobs?: AkBlobs;
+  /** An AK persistent in the TPM at this handle (0x81xxxxxx): used instead of blobs. */
+  readonly akPersistentHandle?: number;
   readonly akKind?: AkKind;
   /** The agent's TLS key; the SVID certifies it. */
   readonly csrKey: KeyObject;
@@ -49,14 +51,16 @@ export interface AgentSvid {
   readonly bundle: Buffer;
   readonly expiresAt: Date;
   readonly selectors: readonly string[];
-  /** The AK the node attested with: keep it, renewal must quote with the same one. */
-  readonly akBlobs: AkBlobs;
+  /** The AK the node attested with, when it came as blobs: keep it, renewal must quote with the same one. */
+  readonly akBlobs: AkBlobs | undefined;
 }
 
 export interface RenewAgentSvidOptions extends ServerConnection {
   readonly device: TpmDevice;
   readonly ekKind: EkKind;
-  readonly akBlobs: AkBlobs;
+  /** The AK the node attested with: its blobs, or its persistent handle. */
+  readonly akBlobs?: AkBlobs;
+  readonly akPersistentHandle?: number;
   /** The current agent SVID (chain DER, leaf first) and its key: the mTLS client identity. */
   readonly svid: { readonly chain: readonly Buffer[]; readonly key: KeyObject };
   /** The key the new SVID certifies (may be the same key). */
@@ -123,7 +127,7 @@ export async function quoteForChallenge(
 }
 
 /** Checks what the server returned: an SVID for our key that verifies against the bundle it sent. */
-function acceptResult(r: WireAttestResult, key: KeyObject, trustDomain: string, akBlobs: AkBlobs): AgentSvid {
+function acceptResult(r: WireAttestResult, key: KeyObject, trustDomain: string, akBlobs: AkBlobs | undefined): AgentSvid {
   const chain = r.svid_chain.map((d) => new X509Certificate(d));
   const leaf = chain[0];
   if (!leaf) throw new AgentAttestationError('the server returned no SVID');
@@ -133,22 +137,32 @@ function acceptResult(r: WireAttestResult, key: KeyObject, trustDomain: string, 
   return { spiffeId: r.spiffe_id, svidChain: r.svid_chain, bundle: r.bundle, expiresAt: new Date(r.expires_at * 1000), selectors: r.selectors, akBlobs };
 }
 
+/** Loads the AK from its blobs (under the EK) or reaches it at its persistent handle. */
+async function openAk(device: TpmDevice, ekKind: EkKind, ref: { akBlobs?: AkBlobs | undefined; akPersistentHandle?: number | undefined }): Promise<{ handle: AkHandle; public: Buffer }> {
+  if (ref.akPersistentHandle !== undefined) {
+    const h = await device.akFromPersistent(ref.akPersistentHandle);
+    return { handle: h, public: h.public };
+  }
+  if (!ref.akBlobs) throw new AgentAttestationError('no AK: give its blobs or its persistent handle');
+  return { handle: await device.loadAk(ekKind, ref.akBlobs), public: ref.akBlobs.public };
+}
+
 /** Attests the node and returns its agent SVID. Rejects with NodeApiError (server's reason) or a TPM error. */
 export async function attestNode(o: AttestNodeOptions): Promise<AgentSvid> {
   const ekPublic = await o.device.ekPublic(o.ekKind);
   const ekCertificate = await o.device.ekCertificate(o.ekKind);
-  const akBlobs = o.akBlobs ?? (await o.device.createAk(o.ekKind, o.akKind ?? 'ecc-p256'));
+  const akBlobs = o.akPersistentHandle !== undefined ? undefined : (o.akBlobs ?? (await o.device.createAk(o.ekKind, o.akKind ?? 'ecc-p256')));
   const csr = buildCsr(o.csrKey);
   const eventLog = await readEventLog(o.eventLogPath);
-  const ak = await o.device.loadAk(o.ekKind, akBlobs);
+  const { handle: ak, public: akPublic } = await openAk(o.device, o.ekKind, { akBlobs, akPersistentHandle: o.akPersistentHandle });
   const client = new NodeApiClient({ address: o.serverAddress, serverCaBundle: o.serverCaBundle, trustDomain: o.trustDomain });
   try {
     const result = await client.exchange(
       'Attest',
-      { ek_public: ekPublic, ek_certificate: ekCertificate ?? Buffer.alloc(0), ak_public: akBlobs.public, csr },
+      { ek_public: ekPublic, ek_certificate: ekCertificate ?? Buffer.alloc(0), ak_public: akPublic, csr },
       async (challenge) => {
         const secret = await o.device.activateCredential(ak, o.ekKind, challenge.credential_blob, challenge.encrypted_secret);
-        const quoted = await quoteForChallenge(o.device, ak, akBlobs.public, challenge);
+        const quoted = await quoteForChallenge(o.device, ak, akPublic, challenge);
         return { secret, ...quoted, event_log: eventLog ?? Buffer.alloc(0) };
       },
     );
@@ -163,7 +177,7 @@ export async function attestNode(o: AttestNodeOptions): Promise<AgentSvid> {
 export async function renewAgentSvid(o: RenewAgentSvidOptions): Promise<AgentSvid> {
   const csr = buildCsr(o.csrKey);
   const eventLog = await readEventLog(o.eventLogPath);
-  const ak = await o.device.loadAk(o.ekKind, o.akBlobs);
+  const { handle: ak, public: akPublic } = await openAk(o.device, o.ekKind, o);
   const client = new NodeApiClient({
     address: o.serverAddress,
     serverCaBundle: o.serverCaBundle,
@@ -171,8 +185,8 @@ export async function renewAgentSvid(o: RenewAgentSvidOptions): Promise<AgentSvi
     clientSvid: { chainPem: o.svid.chain.map(toPem).join(''), key: o.svid.key },
   });
   try {
-    const result = await client.exchange('RenewAgent', { ak_public: o.akBlobs.public, csr }, async (challenge) => ({
-      ...(await quoteForChallenge(o.device, ak, o.akBlobs.public, challenge)),
+    const result = await client.exchange('RenewAgent', { ak_public: akPublic, csr }, async (challenge) => ({
+      ...(await quoteForChallenge(o.device, ak, akPublic, challenge)),
       event_log: eventLog ?? Buffer.alloc(0),
     }));
     return acceptResult(result, o.csrKey, o.trustDomain, o.akBlobs);

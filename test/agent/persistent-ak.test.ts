@@ -1,0 +1,82 @@
+/**
+ * `agent.tpm.ak_persistent_handle`: the agent makes its AK once, persists it
+ * at the handle, and after a restart quotes with the same key from the TPM
+ * (no AK blobs on disk). Real swtpm, SoftHSM CA, Node API over TLS.
+ */
+import { execFile } from 'node:child_process';
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startSwtpm, type Swtpm } from '../../simulator/swtpm.js';
+import { startAgent } from '../../src/agent/agent.js';
+import { agentConfigSchema, loadConfig } from '../../src/config/index.js';
+import { createLogger } from '../../src/log/index.js';
+import { SpiffeId } from '../../src/spiffe/index.js';
+import { TD, TestServer } from './server-harness.js';
+
+const run = promisify(execFile);
+const HANDLE = 0x81010020;
+
+describe('agent with a persistent AK', () => {
+  let sim: Swtpm;
+  let server: TestServer;
+  let dir: string;
+
+  beforeAll(async () => {
+    sim = await startSwtpm();
+    server = await TestServer.create({ manufacturerCaPems: sim.manufacturerCaPems, agentSvidTtlSeconds: 3600 });
+    await server.start();
+    dir = await mkdtemp(join(tmpdir(), 'keel-persistent-ak-'));
+    await writeFile(join(dir, 'bootstrap.pem'), server.caPem);
+    await writeFile(
+      join(dir, 'agent.yaml'),
+      [
+        'agent:',
+        `  trust_domain: ${TD}`,
+        `  server: { address: "${server.address}", bundle: bootstrap.pem }`,
+        '  data_dir: data',
+        `  tpm: { tcti: "${sim.tcti}", ek_kind: rsa-2048, ak_kind: ecc-p256, ak_persistent_handle: "0x${HANDLE.toString(16)}", event_log: none.bin }`,
+        `  workload_api: { socket_path: ${join(dir, 'public', 'api.sock')} }`,
+        '',
+      ].join('\n'),
+    );
+  }, 90_000);
+  afterAll(async () => {
+    await server?.close();
+    await sim?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const start = () =>
+    startAgent({
+      config: loadConfig(join(dir, 'agent.yaml'), agentConfigSchema).agent,
+      logger: createLogger({ level: 'error', write: () => undefined }),
+      audit: () => undefined,
+      tuning: { backoff: { initialMs: 200, maxMs: 2000 } },
+    });
+
+  it('persists the AK at the handle once, and quotes with the same one after a restart', async () => {
+    const first = await start();
+    const node1 = await server.store.getNode(SpiffeId.parse(first.agentId));
+    await first.stop();
+    // The key is in the TPM at the handle (tpm2-tools, an independent reader), not on disk.
+    const { stdout } = await run('tpm2_getcap', ['handles-persistent'], { env: sim.env });
+    expect(stdout.toLowerCase()).toContain(`0x${HANDLE.toString(16)}`);
+    expect((await readdir(join(dir, 'data'))).filter((f) => f.startsWith('ak-'))).toEqual([]);
+
+    const second = await start();
+    try {
+      const node2 = await server.store.getNode(SpiffeId.parse(second.agentId));
+      expect(second.agentId).toBe(first.agentId);
+      expect(node2?.akName).toBeDefined();
+      expect(node2?.akName).toBe(node1?.akName);
+      // It renews with it, too.
+      await second.renewAgentSvidNow();
+      expect(server.audit.events.some((e) => e.event === 'node.renewed')).toBe(true);
+    } finally {
+      await second.stop();
+    }
+  }, 90_000);
+});
