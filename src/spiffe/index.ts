@@ -9,3 +9,4 @@ export { KEY_USAGE, OID_CLIENT_AUTH, OID_SERVER_AUTH, readCertificateProfile, ty
 export * from './jwt-svid.js';
 export { parseDerCertificates, splitDer, concatDer, DerSplitError } from './der.js';
 export { parseStrictJson, StrictJsonError, type JsonValue, type JsonObject } from './json.js';
+export { buildCsr, CsrKeyError } from './csr.js';

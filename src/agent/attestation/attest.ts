@@ -8,7 +8,7 @@ import { readFile } from 'node:fs/promises';
 import type { AkBlobs, AkHandle, AkKind, EkKind, PcrBank, TpmDevice } from '../../tpm/device.js';
 import { QuoteVerificationError, TPM_ALG, parseTpmtPublic, verifyQuote, type TpmlPcrSelection } from '../../tpm/index.js';
 import { bundleFromX509Der, verifyX509Svid } from '../../spiffe/index.js';
-import { buildCsr } from './csr.js';
+import { buildCsr } from '../../spiffe/csr.js';
 import { NodeApiClient, type WireAnswer, type WireAttestResult, type WireChallenge } from './node-api-client.js';
 
 /** Largest event log the agent sends (the server has its own cap). */

@@ -10,7 +10,7 @@ export {
   type AgentSvid,
   type ServerConnection,
 } from './attest.js';
-export { buildCsr, CsrKeyError } from './csr.js';
+export { buildCsr, CsrKeyError } from '../../spiffe/csr.js';
 export {
   NodeApiClient,
   NodeApiError,

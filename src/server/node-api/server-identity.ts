@@ -4,30 +4,13 @@
  * which never leaves the HSM), issued by keel's CA and renewed at half life.
  * New connections pick the renewed certificate up; open ones keep theirs.
  */
-import { generateKeyPairSync, sign, type KeyObject } from 'node:crypto';
-import { AsnConvert } from '@peculiar/asn1-schema';
-import { Attributes, CertificationRequest, CertificationRequestInfo } from '@peculiar/asn1-csr';
-import { AlgorithmIdentifier, Name, SubjectPublicKeyInfo } from '@peculiar/asn1-x509';
+import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { buildCsr } from '../../spiffe/csr.js';
 import { ServerCredentials, type ServerInterceptor } from '@grpc/grpc-js';
 import type { SecureServerOptions } from 'node:http2';
 import type { SecureContextOptions } from 'node:tls';
 import { derToPem, type CertificateAuthority } from '../ca/index.js';
 import { serverIdOf } from '../store/index.js';
-
-const ECDSA_WITH_SHA256 = '1.2.840.10045.4.3.2';
-
-/** A PKCS#10 request proving possession of an EC key (subject empty: the CA takes the identity from elsewhere). */
-export function ecCsr(privateKey: KeyObject, publicKey: KeyObject): Buffer {
-  const spki = AsnConvert.parse(publicKey.export({ type: 'spki', format: 'der' }), SubjectPublicKeyInfo);
-  const info = new CertificationRequestInfo({ version: 0, subject: new Name([]), subjectPKInfo: spki, attributes: new Attributes() });
-  const signature = sign('sha256', Buffer.from(AsnConvert.serialize(info)), privateKey);
-  const csr = new CertificationRequest({
-    certificationRequestInfo: info,
-    signatureAlgorithm: new AlgorithmIdentifier({ algorithm: ECDSA_WITH_SHA256 }),
-    signature: new Uint8Array(signature).buffer,
-  });
-  return Buffer.from(AsnConvert.serialize(csr));
-}
 
 /**
  * grpc-js server credentials that ask for a client certificate without
@@ -118,9 +101,9 @@ function halfLife(notBefore: Date, notAfter: Date): number {
 }
 
 async function issue(o: ServerIdentityOptions): Promise<{ context: SecureContextOptions; notBefore: Date; notAfter: Date }> {
-  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const svid = await o.ca.issueX509Svid({
-    csr: ecCsr(privateKey, publicKey),
+    csr: buildCsr(privateKey),
     spiffeId: serverIdOf(o.ca.trustDomain),
     ttlSeconds: o.ttlSeconds,
     ...(o.dnsNames ? { dnsNames: o.dnsNames } : {}),

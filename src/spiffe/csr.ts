@@ -1,7 +1,8 @@
 /**
- * PKCS#10 requests from the agent's keys. The subject is empty: the server
- * takes the identity from attestation or from the registration entry, and only
- * the public key and the proof of possession (the self-signature) count.
+ * PKCS#10 requests for SVIDs, made with the requester's own key (the agent's,
+ * the server's TLS key). The subject is empty: the CA takes the identity from
+ * attestation or from the registration entry; only the public key and the
+ * proof of possession (the self-signature) count.
  */
 import { sign, createPublicKey, type KeyObject } from 'node:crypto';
 import { AsnConvert } from '@peculiar/asn1-schema';
