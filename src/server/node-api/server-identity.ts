@@ -4,7 +4,7 @@
  * which never leaves the HSM), issued by keel's CA and renewed at half life.
  * New connections pick the renewed certificate up; open ones keep theirs.
  */
-import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { generateKeyPairSync } from 'node:crypto';
 import { buildCsr } from '../../spiffe/csr.js';
 import { ServerCredentials, type ServerInterceptor } from '@grpc/grpc-js';
 import type { SecureServerOptions } from 'node:http2';
