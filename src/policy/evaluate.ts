@@ -25,6 +25,29 @@ import {
   type HashAlg,
 } from '../tpm/eventlog/index.js';
 import { PolicyError } from './errors.js';
+
+/**
+ * Digest checks and the summary depend on the log and the bank only; a node
+ * is evaluated against every configured policy, so each is computed once per
+ * log (a thrown error is kept and thrown again, as a fresh call would).
+ */
+function oncePerLog<T>(cache: WeakMap<EventLog, Map<HashAlg, { ok: true; value: T } | { ok: false; error: unknown }>>, log: EventLog, bank: HashAlg, f: () => T): T {
+  let byBank = cache.get(log);
+  if (!byBank) cache.set(log, (byBank = new Map()));
+  let r = byBank.get(bank);
+  if (!r) {
+    try {
+      r = { ok: true, value: f() };
+    } catch (error) {
+      r = { ok: false, error };
+    }
+    byBank.set(bank, r);
+  }
+  if (r.ok) return r.value;
+  throw r.error;
+}
+const digestReports = new WeakMap<EventLog, Map<HashAlg, { ok: true; value: ReturnType<typeof checkEventDigests> } | { ok: false; error: unknown }>>();
+const summaries = new WeakMap<EventLog, Map<HashAlg, { ok: true; value: EventLogSummary } | { ok: false; error: unknown }>>();
 import { compileLinePattern, type LinePattern } from './line-pattern.js';
 import { MAX_COMMAND_LINE, assertionKeys, type EventLogRules, type FirmwarePolicy, type KernelCommandLineRule } from './schema.js';
 
@@ -141,7 +164,7 @@ function checkLog(rules: EventLogRules, evidence: PolicyEvidence, v: Report): vo
   }
 
   // The event data must be what was measured; quirks only where the policy allows them.
-  const report = checkEventDigests(log, bank);
+  const report = oncePerLog(digestReports, log, bank, () => checkEventDigests(log, bank));
   report.failures.slice(0, MAX_LISTED).forEach((f) =>
     v('eventLog.digests', `event ${f.event.seq} (${f.event.typeName}, PCR ${f.event.pcrIndex}): ${f.reason}`),
   );
@@ -156,7 +179,7 @@ function checkLog(rules: EventLogRules, evidence: PolicyEvidence, v: Report): vo
 
   let s: EventLogSummary;
   try {
-    s = summarize(log, bank);
+    s = oncePerLog(summaries, log, bank, () => summarize(log, bank));
   } catch (e) {
     if (e instanceof EventLogDigestError) return v('eventLog.digests', e.message);
     if (e instanceof EventLogParseError || e instanceof EventLogReplayError) return v('eventLog', e.message);

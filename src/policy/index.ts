@@ -11,6 +11,7 @@ export {
   DIGEST_QUIRKS,
   POLICY_BANKS,
   RESERVED_SELECTOR_PREFIXES,
+  EK_SELECTOR_PREFIXES,
   MAX_COMMAND_LINE,
   type FirmwarePolicy,
   type EventLogRules,

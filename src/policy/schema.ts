@@ -71,7 +71,10 @@ export interface FirmwarePolicy {
 export const NAME_RE = /^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$/;
 export const SELECTOR_RE = /^[a-z0-9][a-z0-9_-]{0,31}:[\x21-\x7e]{1,255}$/;
 /** Selectors the server derives itself; a policy must not be able to hand them out. */
-export const RESERVED_SELECTOR_PREFIXES: readonly string[] = ['tpm:policy:', 'tpm:ek-hash:', 'tpm:ak-hash:', 'tpm:ek-ca:'];
+/** Node selectors the server derives from the EK at admission; no policy may grant them. */
+export const EK_SELECTOR_PREFIXES: readonly string[] = ['tpm:ek-hash:', 'tpm:ek-ca:'];
+/** Selector prefixes only the server hands out: the EK's, the AK's and the policy-name selector. */
+export const RESERVED_SELECTOR_PREFIXES: readonly string[] = ['tpm:policy:', 'tpm:ak-hash:', ...EK_SELECTOR_PREFIXES];
 export const MAX_COMMAND_LINE = 4096;
 const MAX_PCR = 23;
 const MAX_LIST = 4096;

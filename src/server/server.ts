@@ -72,13 +72,17 @@ function meteredAudit(inner: AuditLog, metrics: KeelMetrics): AuditLog {
   };
 }
 
-async function readCertificates(path: string, what: string): Promise<X509Certificate[]> {
-  let text: string;
+/** A file the configuration names; a failure says which key named it. */
+async function readConfigured(path: string, key: string): Promise<Buffer> {
   try {
-    text = await readFile(path, 'utf8');
+    return await readFile(path);
   } catch (e) {
-    throw new ServerStartError(what, `cannot read ${path}: ${(e as Error).message}`, { cause: e });
+    throw new ServerStartError(key, `cannot read ${path}: ${(e as Error).message}`, { cause: e });
   }
+}
+
+async function readCertificates(path: string, what: string): Promise<X509Certificate[]> {
+  const text = (await readConfigured(path, what)).toString('utf8');
   const ders = pemToDers(text);
   if (ders.length === 0) throw new ServerStartError(what, `${path} holds no PEM certificate`);
   try {
@@ -91,9 +95,7 @@ async function readCertificates(path: string, what: string): Promise<X509Certifi
 async function upstreamOf(cfg: NonNullable<ServerConfig['ca']['upstream']>, hsm: Hsm): Promise<UpstreamAuthority> {
   const chain = await readCertificates(cfg.cert, 'server.ca.upstream.cert');
   if (cfg.key.kind === 'file') {
-    const pem = await readFile(cfg.key.path).catch((e: Error) => {
-      throw new ServerStartError('server.ca.upstream.key_file', `cannot read ${cfg.key.kind === 'file' ? cfg.key.path : ''}: ${e.message}`);
-    });
+    const pem = await readConfigured(cfg.key.path, 'server.ca.upstream.key_file');
     return { chainDer: chain.map((c) => c.raw), signer: signerFromPrivateKey(pem) };
   }
   const key = await hsm.findKey({ label: cfg.key.label });
@@ -189,7 +191,10 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     started.push(nodeApi);
 
     const tls = config.listen.http_tls
-      ? { cert: await readFile(config.listen.http_tls.cert), key: await readFile(config.listen.http_tls.key) }
+      ? {
+          cert: await readConfigured(config.listen.http_tls.cert, 'server.listen.http_tls.cert'),
+          key: await readConfigured(config.listen.http_tls.key, 'server.listen.http_tls.key'),
+        }
       : undefined;
     const http = await startHttpApi({
       store,

@@ -10,3 +10,4 @@ export * from './jwt-svid.js';
 export { parseDerCertificates, splitDer, concatDer, DerSplitError } from './der.js';
 export { parseStrictJson, StrictJsonError, type JsonValue, type JsonObject } from './json.js';
 export { buildCsr, CsrKeyError } from './csr.js';
+export { dnsNameProblem } from './dns-name.js';

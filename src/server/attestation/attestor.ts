@@ -9,6 +9,7 @@
  * may leave is the nonce being spent: every answer spends its challenge, so a
  * challenge can never be answered twice.
  */
+import { EK_SELECTOR_PREFIXES } from '../../policy/index.js';
 import { X509Certificate, createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import {
   AkPublicError,
@@ -516,5 +517,5 @@ function clockOf(node: AttestedNode): TpmsClockInfo {
 
 /** Node selectors that come from the EK (kept across renewals), not from measurements. */
 function isAdmissionSelector(s: string): boolean {
-  return s.startsWith('tpm:ek-hash:') || s.startsWith('tpm:ek-ca:');
+  return EK_SELECTOR_PREFIXES.some((p) => s.startsWith(p));
 }

@@ -32,9 +32,6 @@ export const ATTESTATION_REASONS = [
 
 export type AttestationReason = (typeof ATTESTATION_REASONS)[number];
 
-export function isAttestationReason(s: unknown): s is AttestationReason {
-  return typeof s === 'string' && (ATTESTATION_REASONS as readonly string[]).includes(s);
-}
 
 export class AttestationError extends Error {
   override readonly name = 'AttestationError';

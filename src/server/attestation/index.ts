@@ -1,6 +1,6 @@
 /** Server side of TPM node attestation and agent SVID renewal. */
-export { Attestor, LIMITS as ATTESTATION_LIMITS, type AttestorOptions } from './attestor.js';
-export { AttestationError, ATTESTATION_REASONS, isAttestationReason, type AttestationReason } from './errors.js';
+export { Attestor, type AttestorOptions } from './attestor.js';
+export { AttestationError, ATTESTATION_REASONS, type AttestationReason } from './errors.js';
 export { firmwarePolicies } from './policy.js';
 export type {
   AgentSvidIssuer,

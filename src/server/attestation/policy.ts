@@ -2,8 +2,6 @@
 import { evaluatePolicies, type FirmwarePolicy } from '../../policy/index.js';
 import type { MeasurementPolicy } from './types.js';
 
-/** Selectors only the server derives (from the EK); a policy never hands them out. */
-const SERVER_SELECTOR_PREFIXES = ['tpm:ek-hash:', 'tpm:ek-ca:'];
 const MAX_DETAIL_VIOLATIONS = 4;
 
 /** A node passes when at least one policy holds; it gets the selectors of every policy that holds. */
@@ -11,7 +9,8 @@ export function firmwarePolicies(policies: readonly FirmwarePolicy[]): Measureme
   return {
     evaluate(m) {
       const r = evaluatePolicies(policies, m);
-      if (r.pass) return { ok: true, selectors: r.selectors.filter((s) => !SERVER_SELECTOR_PREFIXES.some((p) => s.startsWith(p))) };
+      // The policy schema refuses the server's reserved selectors, so what passes is the policies' own.
+      if (r.pass) return { ok: true, selectors: r.selectors };
       if (policies.length === 0) return { ok: false, detail: 'no firmware policy is configured' };
       const parts = [...r.results].map(([name, res]) => {
         if (res.pass) return name;

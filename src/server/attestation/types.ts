@@ -55,8 +55,6 @@ export interface ChallengeResponse {
   readonly pcrValues: readonly PcrValuesMessage[];
   /** TCG event log; empty or absent when the node has none. */
   readonly eventLog?: Uint8Array;
-  /** Renewal: the CSR for the new SVID (attestation takes it from the params). */
-  readonly csr?: Uint8Array;
 }
 
 /** Step 4, server → agent. */

@@ -3,6 +3,7 @@
  * that live in the HSM, rotated on the SPIFFE schedule, and found again after
  * a restart through the journal (labels, ids, certificates, states).
  */
+import { dnsNameProblem } from '../../spiffe/dns-name.js';
 import { X509Certificate, randomBytes, type KeyObject } from 'node:crypto';
 import { SpiffeId, TrustDomain } from '../../spiffe/id.js';
 import type { Signer } from '../../spiffe/signer.js';
@@ -134,20 +135,6 @@ interface JwtSlot extends Slot {
 }
 
 const MAX_DNS_NAMES = 32;
-const DNS_LABEL = /^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$/;
-
-function dnsNameProblem(name: unknown): string | undefined {
-  if (typeof name !== 'string') return 'not a string';
-  if (name.length === 0 || name.length > 253) return 'length must be 1..253';
-  const labels = name.split('.');
-  for (let i = 0; i < labels.length; i++) {
-    const l = labels[i]!;
-    if (i === 0 && l === '*' && labels.length > 2) continue;
-    if (!DNS_LABEL.test(l)) return `label ${JSON.stringify(l)} is not a DNS label`;
-  }
-  return undefined;
-}
-
 function positiveInt(path: string, v: unknown): number {
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) throw new CaConfigError(path, 'must be a positive integer');
   return v;

@@ -17,4 +17,4 @@ export {
 } from './metrics.js';
 export { PROBLEM_CONTENT_TYPE, ProblemError, problemType, type FieldError, type ProblemBody, type ProblemSlug } from './problem.js';
 export { agentToJson, entryToJson, MAX_BATCH, type AgentJson, type EntryJson, type NodeStatusJson } from './wire.js';
-export { discoveryDocument, jwsAlgorithmOf, oidcJwks, type OidcJwk } from './oidc.js';
+export { discoveryDocument, oidcJwks, type OidcJwk } from './oidc.js';

@@ -4,6 +4,7 @@
  * JWT authorities in the form OIDC relying parties expect (`use: sig`, `alg`).
  * keel is not an OpenID Provider: there is no authorization endpoint.
  */
+import { defaultAlgorithmFor } from '../ca/algorithms.js';
 import type { KeyObject } from 'node:crypto';
 import type { TrustBundle } from '../../spiffe/bundle.js';
 
@@ -15,27 +16,16 @@ export interface OidcJwk {
   [param: string]: unknown;
 }
 
-/** The JWS algorithm a JWT authority signs with: the curve decides for EC; keel's RSA JWT keys sign RS256. */
-export function jwsAlgorithmOf(key: KeyObject): string | undefined {
-  if (key.asymmetricKeyType === 'rsa') return 'RS256';
-  if (key.asymmetricKeyType === 'ec') {
-    switch (key.asymmetricKeyDetails?.namedCurve) {
-      case 'prime256v1':
-        return 'ES256';
-      case 'secp384r1':
-        return 'ES384';
-      case 'secp521r1':
-        return 'ES512';
-    }
-  }
-  return undefined;
-}
-
 export function oidcJwks(bundle: TrustBundle): { keys: OidcJwk[] } {
   const keys: OidcJwk[] = [];
   for (const [kid, key] of bundle.jwtAuthorities) {
-    const alg = jwsAlgorithmOf(key);
-    if (!alg) continue;
+    // The algorithm the CA signs with for this key; a key it could not sign with is not published.
+    let alg: string;
+    try {
+      alg = defaultAlgorithmFor(key);
+    } catch {
+      continue;
+    }
     const { kty, d: _private, ...params } = key.export({ format: 'jwk' });
     keys.push({ kty: kty ?? '', kid, use: 'sig', alg, ...params });
   }

@@ -408,6 +408,8 @@ export class NodeApiServer {
             });
             return { entry_id: entry.id, cert_chain: [svid.certDer, ...svid.chainDer], expires_at: Math.floor(svid.notAfter.getTime() / 1000), error: '' };
           } catch (e) {
+            // A request the CA refuses (e.g. its TTL) is the caller's; anything else is ours.
+            if (e instanceof CaIssueError) return refuse(entry.id, 'invalid-request');
             this.#o.logger?.error('node API: issuing an X.509-SVID failed', { err: e, entryId: entry.id });
             return refuse(entry.id, 'internal');
           }

@@ -38,7 +38,7 @@ export {
   StoreError,
 } from './errors.js';
 export { formatSelector, normalizeSelectors, parseSelector, type Selector } from './selectors.js';
-export { isNodeGroupEntry, serverIdOf, SERVER_ID_PATH } from './node-groups.js';
+export { serverIdOf, SERVER_ID_PATH } from './node-groups.js';
 export { MAX_SVID_TTL_SECONDS } from './validate.js';
 export { LATEST_SCHEMA_VERSION } from './migrations.js';
 export { SqliteDatastore, type SqliteDatastoreOptions } from './sqlite-datastore.js';

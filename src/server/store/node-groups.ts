@@ -20,6 +20,3 @@ export function isServerId(id: SpiffeId): boolean {
   return id.path === SERVER_ID_PATH;
 }
 
-export function isNodeGroupEntry(entry: Pick<RegistrationEntry, 'parentId'>): boolean {
-  return isServerId(entry.parentId);
-}

@@ -2,6 +2,7 @@
  * Checks an entry before it is written and brings it to canonical form
  * (sorted, de-duplicated sets), so that the uniqueness rule compares like with like.
  */
+import { dnsNameProblem } from '../../spiffe/dns-name.js';
 import { randomUUID } from 'node:crypto';
 import { SpiffeId, TrustDomain } from '../../spiffe/id.js';
 import { InvalidRecordError } from './errors.js';
@@ -13,7 +14,6 @@ const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 /** A year: longer-lived SVIDs defeat the point of short-lived identity. */
 export const MAX_SVID_TTL_SECONDS = 365 * 24 * 3600;
 const MAX_HINT_LENGTH = 1024;
-const DNS_LABEL_RE = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/;
 
 export interface NormalizedEntry {
   readonly spiffeId: SpiffeId;
@@ -43,18 +43,6 @@ function ttl(field: string, v: number | undefined): number | undefined {
     throw new InvalidRecordError(field, `must be a whole number of seconds in 1..${MAX_SVID_TTL_SECONDS}, got ${String(v)}`);
   }
   return v;
-}
-
-export function dnsNameProblem(name: string): string | undefined {
-  if (typeof name !== 'string' || name.length === 0) return 'empty';
-  if (name.length > 253) return 'longer than 253 characters';
-  const labels = name.split('.');
-  for (let i = 0; i < labels.length; i++) {
-    const label = labels[i]!;
-    if (i === 0 && label === '*' && labels.length > 1) continue; // one leading wildcard label
-    if (!DNS_LABEL_RE.test(label)) return `label ${JSON.stringify(label)} is not a lowercase DNS label`;
-  }
-  return undefined;
 }
 
 function spiffeId(field: string, v: unknown): SpiffeId {
