@@ -14,6 +14,7 @@
  * and a restarted agent attests again (one round trip with the TPM). Nothing
  * that could be copied off the machine to impersonate the node is stored.
  */
+import { derToPem } from '../spiffe/der.js';
 import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { chmod, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -149,7 +150,7 @@ async function readCachedBundlePem(file: string, td: TrustDomain, log: Logger): 
 /** Concatenated DER certificates (a bundle as the server sends it) → PEM. */
 function derBundleToPem(der: Buffer): string {
   return parseDerCertificates(der, 1024)
-    .map((c) => `-----BEGIN CERTIFICATE-----\n${c.raw.toString('base64').replace(/(.{64})/g, '$1\n').replace(/\n$/, '')}\n-----END CERTIFICATE-----\n`)
+    .map((c) => derToPem(c.raw))
     .join('');
 }
 

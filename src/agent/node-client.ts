@@ -8,6 +8,7 @@
  * as ended so that the manager reconnects; keepalive pings find a server
  * that vanished without closing the connection.
  */
+import { derToPem } from '../spiffe/der.js';
 import type { KeyObject } from 'node:crypto';
 import type { PeerCertificate } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
@@ -31,10 +32,6 @@ export interface NodeSessionOptions {
 
 type GrpcClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
 
-function toPem(der: Buffer): string {
-  const b64 = der.toString('base64').replace(/(.{64})/g, '$1\n').replace(/\n$/, '');
-  return `-----BEGIN CERTIFICATE-----\n${b64}\n-----END CERTIFICATE-----\n`;
-}
 
 interface SyncSubscription {
   readonly handlers: SyncHandlers;
@@ -63,7 +60,7 @@ export class NodeSession implements NodeApi {
     const creds = grpc.credentials.createSsl(
       Buffer.from(this.#o.serverTrust()),
       Buffer.from(this.#svid.key.export({ type: 'pkcs8', format: 'pem' })),
-      Buffer.from(this.#svid.chain.map(toPem).join('')),
+      Buffer.from(this.#svid.chain.map((d) => derToPem(d)).join('')),
       {
         // TLS checks the chain against the trust; the name to check is the server's SPIFFE ID, not a host name.
         checkServerIdentity: (_host: string, cert: PeerCertificate) => {

@@ -6,6 +6,7 @@
  * SPIFFE Workload API — then it stops everything it started. With --hold it
  * keeps the server and agent running for any SPIFFE client.
  */
+import { derToPem as pem } from '../spiffe/der.js';
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -33,8 +34,6 @@ function say(n: number, title: string, lines: string[] = []): void {
   for (const l of lines) console.log(`    ${l}`);
 }
 
-const pem = (der: Buffer): string =>
-  `-----BEGIN CERTIFICATE-----\n${der.toString('base64').replace(/(.{64})/g, '$1\n').replace(/\n$/, '')}\n-----END CERTIFICATE-----\n`;
 
 function tlsOf(svid: X509SvidMessage) {
   const chain = parseDerCertificates(svid.x509_svid, 16);

@@ -60,3 +60,9 @@ export function parseDerCertificates(buf: Uint8Array, maxItems = 64): X509Certif
 export function concatDer(certs: readonly X509Certificate[]): Buffer {
   return Buffer.concat(certs.map((c) => c.raw));
 }
+
+/** One DER object as PEM, base64 in 64-character lines. */
+export function derToPem(der: Uint8Array, label = 'CERTIFICATE'): string {
+  const b64 = Buffer.from(der.buffer, der.byteOffset, der.byteLength).toString('base64').replace(/(.{64})/g, '$1\n').replace(/\n$/, '');
+  return `-----BEGIN ${label}-----\n${b64}\n-----END ${label}-----\n`;
+}

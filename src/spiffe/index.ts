@@ -7,7 +7,7 @@ export * from './x509-svid.js';
 export * from './x509-template.js';
 export { KEY_USAGE, OID_CLIENT_AUTH, OID_SERVER_AUTH, readCertificateProfile, type CertificateProfile, type NameSubtree } from './x509-profile.js';
 export * from './jwt-svid.js';
-export { parseDerCertificates, splitDer, concatDer, DerSplitError } from './der.js';
+export { parseDerCertificates, splitDer, concatDer, derToPem, DerSplitError } from './der.js';
 export { parseStrictJson, StrictJsonError, type JsonValue, type JsonObject } from './json.js';
 export { buildCsr, CsrKeyError } from './csr.js';
 export { dnsNameProblem } from './dns-name.js';

@@ -3,6 +3,7 @@
  * activation, a quote over the PCRs the server asks for, the event log, and
  * the agent SVID back. Renewal repeats the quote over mTLS with the same AK.
  */
+import { derToPem } from '../../spiffe/der.js';
 import { X509Certificate, createPublicKey, type KeyObject } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { AkBlobs, AkHandle, AkKind, EkKind, PcrBank, TpmDevice } from '../../tpm/device.js';
@@ -68,9 +69,6 @@ export interface RenewAgentSvidOptions extends ServerConnection {
   readonly eventLogPath?: string;
 }
 
-function toPem(der: Buffer): string {
-  return `-----BEGIN CERTIFICATE-----\n${der.toString('base64').replace(/(.{64})/g, '$1\n').replace(/\n$/, '')}\n-----END CERTIFICATE-----\n`;
-}
 
 async function readEventLog(path: string | undefined): Promise<Buffer | undefined> {
   if (!path) return undefined;
@@ -182,7 +180,7 @@ export async function renewAgentSvid(o: RenewAgentSvidOptions): Promise<AgentSvi
     address: o.serverAddress,
     serverCaBundle: o.serverCaBundle,
     trustDomain: o.trustDomain,
-    clientSvid: { chainPem: o.svid.chain.map(toPem).join(''), key: o.svid.key },
+    clientSvid: { chainPem: o.svid.chain.map((d) => derToPem(d)).join(''), key: o.svid.key },
   });
   try {
     const result = await client.exchange('RenewAgent', { ak_public: akPublic, csr }, async (challenge) => ({

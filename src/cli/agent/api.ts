@@ -2,6 +2,7 @@
  * `keel agent api …`: the Workload API from the command line, for people and
  * for programs that cannot speak it (`fetch x509 --write DIR` leaves PEM files).
  */
+import { derToPem } from '../../spiffe/der.js';
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { chmod, mkdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -20,7 +21,7 @@ function timeoutOf(v: string | undefined): number {
 }
 
 function pemOf(ders: readonly Buffer[], label = 'CERTIFICATE'): string {
-  return ders.map((d) => `-----BEGIN ${label}-----\n${d.toString('base64').replace(/(.{64})/g, '$1\n').replace(/\n$/, '')}\n-----END ${label}-----\n`).join('');
+  return ders.map((d) => derToPem(d, label)).join('');
 }
 
 function certs(der: Buffer): Buffer[] {

@@ -132,10 +132,7 @@ function subjectKeyIdSource(der: Buffer, spki: ReturnType<typeof readTlv>): Buff
   return der.subarray(bits.contentStart + 1, bits.end);
 }
 
-export function derToPem(der: Buffer, label = 'CERTIFICATE'): string {
-  const b64 = der.toString('base64').replace(/(.{64})/g, '$1\n').replace(/\n$/, '');
-  return `-----BEGIN ${label}-----\n${b64}\n-----END ${label}-----\n`;
-}
+export { derToPem } from '../../spiffe/der.js';
 
 /** Splits concatenated PEM certificates into DER. */
 export function pemToDers(pem: string): Buffer[] {
