@@ -16,8 +16,6 @@ const run = promisify(execFile);
 export interface SwtpmOptions {
   /** PCR banks to activate; swtpm's default is sha256 only. */
   pcrBanks?: string[];
-  /** Keep an existing state dir (restart of the same TPM). */
-  stateDir?: string;
 }
 
 export interface Swtpm {
@@ -105,30 +103,27 @@ function waitForPort(host: string, port: number, timeoutMs: number): Promise<voi
 export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
   installExitHook();
   const dir = await mkdtemp(join(tmpdir(), 'keel-swtpm-'));
-  const stateDir = opts.stateDir ?? join(dir, 'state');
+  // A TPM reset on the same state is restart(); every start is a new TPM.
+  const stateDir = join(dir, 'state');
   await mkdir(stateDir, { recursive: true });
   const setupConf = await writeConfig(dir);
-  if (!opts.stateDir) {
-    const banks = (opts.pcrBanks ?? ['sha1', 'sha256']).join(',');
-    try {
-      await run('swtpm_setup', [
-        '--tpm2', '--tpmstate', stateDir, '--createek', '--decryption',
-        '--create-ek-cert', '--create-platform-cert', '--pcr-banks', banks,
-        '--config', setupConf, '--logfile', join(dir, 'setup.log'),
-      ]);
-    } catch (e) {
-      const log = await readFile(join(dir, 'setup.log'), 'utf8').catch(() => '');
-      await rm(dir, { recursive: true, force: true });
-      throw new SimulatorError(`swtpm_setup failed: ${(e as Error).message}\n${log}`);
-    }
+  const banks = (opts.pcrBanks ?? ['sha1', 'sha256']).join(',');
+  try {
+    await run('swtpm_setup', [
+      '--tpm2', '--tpmstate', stateDir, '--createek', '--decryption',
+      '--create-ek-cert', '--create-platform-cert', '--pcr-banks', banks,
+      '--config', setupConf, '--logfile', join(dir, 'setup.log'),
+    ]);
+  } catch (e) {
+    const log = await readFile(join(dir, 'setup.log'), 'utf8').catch(() => '');
+    await rm(dir, { recursive: true, force: true });
+    throw new SimulatorError(`swtpm_setup failed: ${(e as Error).message}\n${log}`);
   }
   const ca = join(dir, 'localca');
-  const manufacturerCaPems = opts.stateDir
-    ? []
-    : [
-        await readFile(join(ca, 'swtpm-localca-rootca-cert.pem'), 'utf8'),
-        await readFile(join(ca, 'issuercert.pem'), 'utf8'),
-      ];
+  const manufacturerCaPems = [
+    await readFile(join(ca, 'swtpm-localca-rootca-cert.pem'), 'utf8'),
+    await readFile(join(ca, 'issuercert.pem'), 'utf8'),
+  ];
 
   const host = '127.0.0.1';
   let child: ChildProcess | undefined;

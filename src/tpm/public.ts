@@ -242,7 +242,21 @@ function leftPad(b: Buffer, size: number, what: string): Buffer {
 }
 
 /** The public key of an RSA or NIST-curve ECC public area. */
+// Building a KeyObject costs more than checking a signature with it, and one
+// parsed public area is asked for its key several times (AK checks, quote
+// verification): keep it with the object.
+const keyCache = new WeakMap<TpmtPublic, KeyObject>();
+
 export function publicKeyFromTpmtPublic(pub: TpmtPublic): KeyObject {
+  let key = keyCache.get(pub);
+  if (!key) {
+    key = buildPublicKey(pub);
+    keyCache.set(pub, key);
+  }
+  return key;
+}
+
+function buildPublicKey(pub: TpmtPublic): KeyObject {
   if (pub.type === TPM_ALG.RSA) {
     const { keyBits, exponent } = pub.parameters;
     const n = stripZeros(pub.unique);

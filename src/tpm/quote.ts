@@ -81,25 +81,13 @@ function schemeMatches(ak: TpmtPublic, sig: TpmtSignature): string | null {
 }
 
 /** Verifies a quote; returns it parsed, or throws QuoteVerificationError with the reason. */
-// Building a KeyObject costs more than the signature check itself; a server
-// verifies many quotes from the same parsed AK (renewals), so keep them.
-const keyCache = new WeakMap<TpmtPublic, KeyObject>();
-function akKey(ak: TpmtPublic): KeyObject {
-  let key = keyCache.get(ak);
-  if (!key) {
-    key = publicKeyFromTpmtPublic(ak);
-    keyCache.set(ak, key);
-  }
-  return key;
-}
-
 export function verifyQuote(input: VerifyQuoteInput): VerifiedQuote {
   let ak: TpmtPublic;
   let key: KeyObject;
   let sig: TpmtSignature;
   try {
     ak = toTpmtPublic(input.akPublic);
-    key = akKey(ak);
+    key = publicKeyFromTpmtPublic(ak);
     sig = input.signature instanceof Uint8Array ? parseTpmtSignature(input.signature) : input.signature;
   } catch (e) {
     return fail('malformed', (e as Error).message, e);

@@ -17,7 +17,9 @@ let waiting: ((s: Socket) => void) | undefined;
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'keel-peercred-'));
   sockPath = join(dir, 'agent.sock');
-  server = createServer((s) => {
+  // Half-open: a client that exits must not make Node close our side, so the
+  // socket stays open to ask the kernel about after the peer is gone.
+  server = createServer({ allowHalfOpen: true }, (s) => {
     accepted.push(s);
     waiting?.(s);
   });
@@ -96,7 +98,8 @@ it('keeps the credentials of the connection time after the client is gone', asyn
     c.child.kill('SIGKILL');
   });
   // the kernel keeps what it recorded at connect(); the socket is still open on our side
-  if (!sock.destroyed) expect(peerCredentialsOf(sock).pid).toBe(pid);
+  expect(sock.destroyed).toBe(false);
+  expect(peerCredentialsOf(sock).pid).toBe(pid);
   sock.destroy();
 });
 
