@@ -221,7 +221,7 @@ describe('keel agent with swtpm, SoftHSM CA and the Node API', () => {
 
   it('renews its own SVID at half-life with a fresh quote', async () => {
     const before = new X509Certificate(agent!.identity.chain[0]!).serialNumber;
-    const renewedAudits = () => server.audit.events.filter((e) => JSON.stringify(e).includes('renew')).length;
+    const renewedAudits = () => server.audit.events.filter((e) => e.event === 'node.renewed').length;
     const audits = renewedAudits();
     await until(() => new X509Certificate(agent!.identity.chain[0]!).serialNumber !== before, 20_000, 'agent SVID renewal');
     expect(renewedAudits()).toBeGreaterThan(audits);

@@ -3,6 +3,7 @@
  * entries and bundles are skipped with a log line, never thrown, and never
  * replace the bundle the agent already trusts.
  */
+import { parseDerCertificates } from '../../src/spiffe/index.js';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { WireEntry, WireSyncEntries } from '../../src/agent/attestation/index.js';
@@ -40,8 +41,8 @@ describe('SyncEntries input', () => {
         const m = manager();
         const u: WireSyncEntries = { entries, x509_bundles: x509, jwt_bundles: jwt, revision };
         m.applySync(u);
-        expect(m.bundles().own.x509Der.length).toBeGreaterThan(0);
-        expect(m.identitiesFor([{ type: 'unix', value: 'uid:0' }])).toEqual([]); // no SVIDs without a rotation
+        // Whatever arrived, the trusted bundle is still a bundle of real certificates.
+        expect(parseDerCertificates(m.bundles().own.x509Der, 64).length).toBeGreaterThan(0);
         for (const e of entries) void m.fetchJwtSvid(e.id, ['a']).catch(() => undefined);
         m.stop();
       }),

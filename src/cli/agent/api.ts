@@ -13,8 +13,8 @@ import { describeRpcError, structToJson, WorkloadApiClient, workloadTarget, type
 
 const TIMEOUT_MS = 10_000;
 
-function timeoutOf(v: string | undefined): number {
-  if (v === undefined) return TIMEOUT_MS;
+export function timeoutOf(v: string | undefined, defaultMs = TIMEOUT_MS): number {
+  if (v === undefined) return defaultMs;
   const m = /^(\d{1,6})(ms|s)$/.exec(v);
   if (!m) throw new CliError(`--timeout: expected a duration like 5s or 500ms, got ${JSON.stringify(v)}`, 2);
   return Number(m[1]) * (m[2] === 's' ? 1000 : 1);

@@ -1,4 +1,5 @@
 /** `keel agent healthcheck`: whether the agent's Workload API answers. */
+import { timeoutOf } from './api.js';
 import * as grpc from '@grpc/grpc-js';
 import { parseFlags, type Command } from '../command.js';
 import { processIo, type CliIo } from '../admin/io.js';
@@ -11,7 +12,7 @@ export function agentHealthcheckCommand(io: CliIo = processIo): Command {
       'Exits 0 when the agent answers on its Workload API socket (with bundles, or with PermissionDenied to a caller it has no identity for), 1 otherwise.',
     async run(argv) {
       const { values: v } = parseFlags(argv, { socket: { type: 'string' }, timeout: { type: 'string' }, verbose: { type: 'boolean' } });
-      const timeoutMs = v.timeout && /^\d{1,5}s$/.test(v.timeout) ? Number(v.timeout.slice(0, -1)) * 1000 : 5000;
+      const timeoutMs = timeoutOf(v.timeout, 5000);
       const client = new WorkloadApiClient(workloadTarget(v.socket));
       try {
         await WorkloadApiClient.first(client.watchX509Bundles(), timeoutMs);
