@@ -16,9 +16,8 @@ export interface SigningPlan {
   readonly mechanism: pkcs11js.Mechanism;
   /** What goes into C_Sign: the digest, DigestInfo || digest, or the whole message for a hashing mechanism. */
   readonly input: 'digest' | 'digest-info' | 'message';
+  /** The signature's exact length (r||s for ECDSA, the modulus for RSA): anything else is a token fault. */
   readonly outLength: number;
-  /** ECDSA: r||s must be exactly this long. */
-  readonly exactLength: boolean;
 }
 
 /** How to make `alg` with `key` on a token that has the mechanisms `has` says; undefined if it has none. */
@@ -30,14 +29,14 @@ export function signingPlan(key: HsmKey, alg: HsmAlgorithm, has: (m: number) => 
     // JWS binds the curve to the algorithm: ES256 is P-256 only, ES384 P-384 only.
     if (!curve || (alg === 'ES256') !== (curve.type === 'ec-p256')) throw new HsmAlgorithmError(`${alg} does not fit a ${key.type} key`);
     if (!has(C.CKM_ECDSA)) return undefined;
-    return { hash, mechanism: { mechanism: C.CKM_ECDSA }, input: 'digest', outLength: 2 * curve.size, exactLength: true };
+    return { hash, mechanism: { mechanism: C.CKM_ECDSA }, input: 'digest', outLength: 2 * curve.size };
   }
   if (curve) throw new HsmAlgorithmError(`${alg} does not fit a ${key.type} key`);
   const outLength = key.type === 'rsa-2048' ? 256 : 384;
   if (alg === 'RS256' || alg === 'RS384') {
-    if (has(C.CKM_RSA_PKCS)) return { hash, mechanism: { mechanism: C.CKM_RSA_PKCS }, input: 'digest-info', outLength, exactLength: true };
+    if (has(C.CKM_RSA_PKCS)) return { hash, mechanism: { mechanism: C.CKM_RSA_PKCS }, input: 'digest-info', outLength };
     const m = hash === 'sha256' ? C.CKM_SHA256_RSA_PKCS : C.CKM_SHA384_RSA_PKCS;
-    if (has(m)) return { hash, mechanism: { mechanism: m }, input: 'message', outLength, exactLength: true };
+    if (has(m)) return { hash, mechanism: { mechanism: m }, input: 'message', outLength };
     return undefined;
   }
   // PS256/PS384: RFC 7518 §3.5 — MGF1 with the same hash, salt as long as the hash.
@@ -47,9 +46,9 @@ export function signingPlan(key: HsmKey, alg: HsmAlgorithm, has: (m: number) => 
     mgf: hash === 'sha256' ? C.CKG_MGF1_SHA256 : C.CKG_MGF1_SHA384,
     saltLen: hash === 'sha256' ? 32 : 48,
   };
-  if (has(C.CKM_RSA_PKCS_PSS)) return { hash, mechanism: { mechanism: C.CKM_RSA_PKCS_PSS, parameter }, input: 'digest', outLength, exactLength: true };
+  if (has(C.CKM_RSA_PKCS_PSS)) return { hash, mechanism: { mechanism: C.CKM_RSA_PKCS_PSS, parameter }, input: 'digest', outLength };
   const m = hash === 'sha256' ? C.CKM_SHA256_RSA_PKCS_PSS : C.CKM_SHA384_RSA_PKCS_PSS;
-  if (has(m)) return { hash, mechanism: { mechanism: m, parameter }, input: 'message', outLength, exactLength: true };
+  if (has(m)) return { hash, mechanism: { mechanism: m, parameter }, input: 'message', outLength };
   return undefined;
 }
 
@@ -81,7 +80,7 @@ export class HsmSigner {
       input = plan.input === 'digest' ? digest : Buffer.concat([DIGEST_INFO_PREFIX[plan.hash], digest]);
     }
     const sig = await this.hsm.signRaw(this.id, this.keyId, plan.mechanism, input, plan.outLength);
-    if (plan.exactLength && sig.length !== plan.outLength) {
+    if (sig.length !== plan.outLength) {
       throw new Pkcs11Error('CKR_GENERAL_ERROR', 'C_Sign', `token returned a ${sig.length}-byte signature, expected ${plan.outLength}`);
     }
     return sig;

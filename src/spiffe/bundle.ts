@@ -259,9 +259,6 @@ function importJwk(members: JsonWebKey, where: string): KeyObject {
   }
 }
 
-function sameKey(a: KeyObject, b: KeyObject): boolean {
-  return a.export({ type: 'spki', format: 'der' }).equals(b.export({ type: 'spki', format: 'der' }));
-}
 
 function readBundleObject(td: TrustDomain, doc: JsonValue): TrustBundle {
   if (!isJsonObject(doc)) throw new BundleError('not-an-object', 'a SPIFFE bundle is a JSON object');
@@ -311,7 +308,7 @@ function readBundleObject(td: TrustDomain, doc: JsonValue): TrustBundle {
       } catch (err) {
         throw new BundleError('bad-certificate', `${where}: the key in "x5c"[0] does not parse (${(err as Error).message})`);
       }
-      if (!sameKey(certKey, importJwk(members, where))) {
+      if (!certKey.equals(importJwk(members, where))) {
         throw new BundleError('x5c-key-mismatch', `${where}: the key in "x5c" is not the key of the JWK`);
       }
       x509.push(cert);

@@ -4,7 +4,6 @@ export * from './id.js';
 export type { Signer, SignatureAlgorithm } from './signer.js';
 export * from './bundle.js';
 export * from './x509-svid.js';
-export * from './x509-template.js';
 export { KEY_USAGE, OID_CLIENT_AUTH, OID_SERVER_AUTH, readCertificateProfile, type CertificateProfile, type NameSubtree } from './x509-profile.js';
 export * from './jwt-svid.js';
 export { parseDerCertificates, splitDer, concatDer, derToPem, DerSplitError } from './der.js';

@@ -6,7 +6,6 @@ import {
   TrustBundle,
   TrustDomain,
   X509SvidError,
-  X509SvidTemplateRules,
   checkX509SvidLeaf,
   spiffeIdFromCertificate,
   verifyX509Svid,
@@ -259,16 +258,5 @@ describe('spiffeIdFromCertificate', () => {
     refusedWith('multiple-uri-sans', () => spiffeIdFromCertificate(leaves.twoUris!.cert));
     refusedWith('no-uri-san', () => spiffeIdFromCertificate(leaves.noUri!.cert));
     refusedWith('invalid-spiffe-id', () => spiffeIdFromCertificate(leaves.notSpiffe!.cert));
-  });
-});
-
-describe('X509SvidTemplateRules', () => {
-  it('leaf and CA prescriptions say what the verifier checks', () => {
-    expect(X509SvidTemplateRules.leaf.basicConstraints.cA).toBe(false);
-    expect(X509SvidTemplateRules.leaf.keyUsage.critical).toBe(true);
-    expect(X509SvidTemplateRules.leaf.keyUsage.der.toString('hex')).toBe('03020780'); // digitalSignature
-    expect(X509SvidTemplateRules.ca.keyUsage.der.toString('hex')).toBe('03020106'); // keyCertSign, cRLSign
-    expect(X509SvidTemplateRules.ca.basicConstraints.der.toString('hex')).toBe('30030101ff');
-    expect(TrustDomain.parse('example.org').id().isTrustDomainId).toBe(true);
   });
 });

@@ -3,8 +3,9 @@
  * use, and the conversion of a Signer's output into what X.509 carries
  * (ECDSA: DER ECDSA-Sig-Value rather than the P1363 r||s of JWS).
  */
+import { p1363ToDer } from '../../hsm/ecdsa-format.js';
 import type { SignatureAlgorithm } from '../../spiffe/signer.js';
-import { oid, seq, tlv, smallInteger, unsignedInteger, TAG } from './der.js';
+import { oid, seq, tlv, smallInteger, TAG } from './der.js';
 
 export const OID = {
   ecdsaWithSha256: '1.2.840.10045.4.3.2',
@@ -52,12 +53,6 @@ export function signatureAlgorithmIdentifier(alg: SignatureAlgorithm): Buffer {
   }
 }
 
-/** IEEE P1363 r||s → DER `SEQUENCE { INTEGER r, INTEGER s }`. */
-export function p1363ToDer(sig: Uint8Array): Buffer {
-  if (sig.length === 0 || sig.length % 2 !== 0) throw new RangeError('P1363 signature has an odd length');
-  const half = sig.length / 2;
-  return seq(unsignedInteger(sig.subarray(0, half)), unsignedInteger(sig.subarray(half)));
-}
 
 /** What goes into the X.509 signature BIT STRING for a Signer's output. */
 export function x509SignatureValue(alg: SignatureAlgorithm, raw: Buffer): Buffer {

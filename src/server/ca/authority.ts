@@ -4,7 +4,7 @@
  * a restart through the journal (labels, ids, certificates, states).
  */
 import { dnsNameProblem } from '../../spiffe/dns-name.js';
-import { X509Certificate, randomBytes, type KeyObject } from 'node:crypto';
+import { X509Certificate, randomBytes } from 'node:crypto';
 import { SpiffeId, TrustDomain } from '../../spiffe/id.js';
 import type { Signer } from '../../spiffe/signer.js';
 import { TrustBundle } from '../../spiffe/bundle.js';
@@ -239,8 +239,7 @@ export class CertificateAuthority {
       throw new CaConfigError('x509.upstream.chainDer', `does not parse: ${(e as Error).message}`);
     }
     if (!cert.x509.ca) throw new CaConfigError('x509.upstream.chainDer', 'the first certificate is not a CA');
-    const spki = (k: KeyObject): Buffer => k.export({ format: 'der', type: 'spki' });
-    if (!spki(cert.publicKey).equals(spki(u.signer.publicKey))) {
+    if (!cert.publicKey.equals(u.signer.publicKey)) {
       throw new CaConfigError('x509.upstream.signer', 'its public key is not the one of the first upstream certificate');
     }
     const remaining = cert.notAfterMs - this.now();
@@ -285,7 +284,7 @@ export class CertificateAuthority {
     for (const j of state.x509) {
       const key = await this.findJournalKey(j.label, j.keyId);
       const cert = readCaCertificate(Buffer.from(j.certificate, 'base64'));
-      if (!sameKey(cert.publicKey, key.publicKey)) throw new CaStateError(`HSM key ${j.label} does not match its CA certificate in the journal`);
+      if (!cert.publicKey.equals(key.publicKey)) throw new CaStateError(`HSM key ${j.label} does not match its CA certificate in the journal`);
       if (this.upstream ? !cert.x509.verify(this.upstream.cert.publicKey) : !cert.selfSigned) {
         throw new CaConfigError('x509.upstream', `CA certificate ${j.label} in the journal was not issued ${this.upstream ? 'by the configured upstream' : 'self-signed'}`);
       }
@@ -646,6 +645,3 @@ export class CertificateAuthority {
   }
 }
 
-function sameKey(a: KeyObject, b: KeyObject): boolean {
-  return a.export({ format: 'der', type: 'spki' }).equals(b.export({ format: 'der', type: 'spki' }));
-}

@@ -8,7 +8,7 @@
  * SAN URI = the trust domain ID, and a critical URI name constraint limiting
  * the SPIFFE IDs below it to the trust domain.
  */
-import { X509Certificate, createHash, type KeyObject } from 'node:crypto';
+import { X509Certificate, type KeyObject } from 'node:crypto';
 import type { Signer } from '../../spiffe/signer.js';
 import type { TrustDomain } from '../../spiffe/id.js';
 import { TAG, tlv, seq, bitString, readTlv, children, slice, content, smallInteger } from './der.js';
@@ -118,7 +118,7 @@ export function readCaCertificate(der: Buffer): CaCertificateInfo {
     der,
     x509,
     subjectNameDer: Buffer.from(slice(der, subject)),
-    subjectKeyId: findSki(der, f) ?? createHash('sha1').update(subjectKeyIdSource(der, spki)).digest(),
+    subjectKeyId: findSki(der, f) ?? subjectKeyIdOf(Buffer.from(slice(der, spki))),
     notBeforeMs: Date.parse(x509.validFrom),
     notAfterMs: Date.parse(x509.validTo),
     publicKey,
@@ -126,11 +126,6 @@ export function readCaCertificate(der: Buffer): CaCertificateInfo {
   };
 }
 
-function subjectKeyIdSource(der: Buffer, spki: ReturnType<typeof readTlv>): Buffer {
-  const bits = children(der, spki)[1];
-  if (!bits || bits.tag !== TAG.BIT_STRING) throw new Error('SPKI has no BIT STRING');
-  return der.subarray(bits.contentStart + 1, bits.end);
-}
 
 export { derToPem } from '../../spiffe/der.js';
 
