@@ -157,6 +157,11 @@ Napi::Function Device::Define(Napi::Env env) {
                          InstanceMethod<&Device::ActivateCredential>("activateCredential"),
                          InstanceMethod<&Device::FlushAk>("flushAk"),
                          InstanceMethod<&Device::LoadedHandles>("loadedHandles"),
+                         InstanceMethod<&Device::CreateAgentKey>("createAgentKey"),
+                         InstanceMethod<&Device::LoadAgentKey>("loadAgentKey"),
+                         InstanceMethod<&Device::AgentKeyFromPersistent>("agentKeyFromPersistent"),
+                         InstanceMethod<&Device::Certify>("certify"),
+                         InstanceMethod<&Device::Sign>("sign"),
                      });
 }
 
@@ -326,6 +331,36 @@ Napi::Value Device::FlushAk(const Napi::CallbackInfo& info) {
 
 Napi::Value Device::LoadedHandles(const Napi::CallbackInfo& info) {
   return Submit(info.Env(), [](TpmSession& t) { return t.loadedHandles(); });
+}
+
+Napi::Value Device::CreateAgentKey(const Napi::CallbackInfo& info) {
+  EkKind ek = ekArg(info, 0);
+  return Submit(info.Env(), [ek](TpmSession& t) { return t.createAgentKey(ek); });
+}
+
+Napi::Value Device::LoadAgentKey(const Napi::CallbackInfo& info) {
+  EkKind ek = ekArg(info, 0);
+  Bytes pub = bytesArg(info, 1, "agent key public");
+  Bytes priv = bytesArg(info, 2, "agent key private");
+  return Submit(info.Env(), [ek, pub, priv](TpmSession& t) { return t.loadAgentKey(ek, pub, priv); });
+}
+
+Napi::Value Device::AgentKeyFromPersistent(const Napi::CallbackInfo& info) {
+  uint32_t h = persistentArg(info, 0);
+  return Submit(info.Env(), [h](TpmSession& t) { return t.agentKeyFromPersistent(h); });
+}
+
+Napi::Value Device::Certify(const Napi::CallbackInfo& info) {
+  uint32_t obj = u32Arg(info, 0, "object handle");
+  uint32_t akId = u32Arg(info, 1, "AK handle");
+  Bytes nonce = bytesArg(info, 2, "nonce");
+  return Submit(info.Env(), [obj, akId, nonce](TpmSession& t) { return t.certify(obj, akId, nonce); });
+}
+
+Napi::Value Device::Sign(const Napi::CallbackInfo& info) {
+  uint32_t key = u32Arg(info, 0, "key handle");
+  Bytes digest = bytesArg(info, 1, "digest");
+  return Submit(info.Env(), [key, digest](TpmSession& t) { return t.sign(key, digest); });
 }
 
 }  // namespace keel

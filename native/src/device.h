@@ -42,6 +42,11 @@ class Device : public Napi::ObjectWrap<Device> {
   Napi::Value ActivateCredential(const Napi::CallbackInfo& info);
   Napi::Value FlushAk(const Napi::CallbackInfo& info);
   Napi::Value LoadedHandles(const Napi::CallbackInfo& info);
+  Napi::Value CreateAgentKey(const Napi::CallbackInfo& info);
+  Napi::Value LoadAgentKey(const Napi::CallbackInfo& info);
+  Napi::Value AgentKeyFromPersistent(const Napi::CallbackInfo& info);
+  Napi::Value Certify(const Napi::CallbackInfo& info);
+  Napi::Value Sign(const Napi::CallbackInfo& info);
 
   std::unique_ptr<TpmSession> tpm_;
   std::deque<Napi::AsyncWorker*> queue_;

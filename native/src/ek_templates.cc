@@ -122,6 +122,21 @@ TPMT_PUBLIC akTemplate(AkKind kind) {
   return t;
 }
 
+TPMT_PUBLIC agentKeyTemplate() {
+  TPMT_PUBLIC t;
+  std::memset(&t, 0, sizeof t);
+  t.type = TPM2_ALG_ECC;
+  t.nameAlg = TPM2_ALG_SHA256;
+  t.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
+                       TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_SIGN_ENCRYPT;
+  t.parameters.eccDetail.symmetric.algorithm = TPM2_ALG_NULL;
+  t.parameters.eccDetail.scheme.scheme = TPM2_ALG_ECDSA;
+  t.parameters.eccDetail.scheme.details.ecdsa.hashAlg = TPM2_ALG_SHA256;
+  t.parameters.eccDetail.curveID = TPM2_ECC_NIST_P256;
+  t.parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
+  return t;
+}
+
 bool publicMatchesTemplate(const TPMT_PUBLIC& have, const TPMT_PUBLIC& tmpl) {
   if (have.type != tmpl.type || have.nameAlg != tmpl.nameAlg) return false;
   if (have.objectAttributes != tmpl.objectAttributes) return false;

@@ -20,6 +20,9 @@ struct EkProfile {
 
 const EkProfile& ekProfile(EkKind kind);
 TPMT_PUBLIC akTemplate(AkKind kind);
+// The agent's TLS-binding key: an unrestricted ECDSA P-256 signing key that
+// never leaves the TPM (fixedTPM, fixedParent, sensitiveDataOrigin).
+TPMT_PUBLIC agentKeyTemplate();
 
 // Whether a loaded key has the template's type, nameAlg, attributes, policy
 // and parameters (the unique field is the key itself and is not compared).

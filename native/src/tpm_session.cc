@@ -102,6 +102,14 @@ bool isAkShaped(const TPMT_PUBLIC& p) {
          (p.type == TPM2_ALG_RSA || p.type == TPM2_ALG_ECC);
 }
 
+// What the agent key must be: an unrestricted signing key bound to this TPM.
+bool isAgentKeyShaped(const TPMT_PUBLIC& p) {
+  const TPMA_OBJECT need = TPMA_OBJECT_SIGN_ENCRYPT | TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
+                           TPMA_OBJECT_SENSITIVEDATAORIGIN;
+  return (p.objectAttributes & need) == need &&
+         (p.objectAttributes & (TPMA_OBJECT_DECRYPT | TPMA_OBJECT_RESTRICTED)) == 0 && p.type == TPM2_ALG_ECC;
+}
+
 std::string hex32(uint32_t v) {
   char b[16];
   std::snprintf(b, sizeof b, "0x%08x", v);
@@ -503,17 +511,25 @@ Value TpmSession::createAk(EkKind ekKind, AkKind akKind) {
 }
 
 Value TpmSession::loadAk(EkKind ekKind, const Bytes& publicArea, const Bytes& privateBlob) {
+  return loadUnder(ekKind, publicArea, privateBlob, isAkShaped, "a restricted signing key (not an AK)");
+}
+
+Value TpmSession::loadAgentKey(EkKind ekKind, const Bytes& publicArea, const Bytes& privateBlob) {
+  return loadUnder(ekKind, publicArea, privateBlob, isAgentKeyShaped, "an unrestricted fixedTPM signing key (not an agent key)");
+}
+
+Value TpmSession::loadUnder(EkKind ekKind, const Bytes& publicArea, const Bytes& privateBlob,
+                            bool (*shape)(const TPMT_PUBLIC&), const char* what) {
   requireOpen();
   TPM2B_PUBLIC in{};
   size_t off = 0;
   TSS2_RC rc = Tss2_MU_TPMT_PUBLIC_Unmarshal(publicArea.data(), publicArea.size(), &off, &in.publicArea);
   if (rc != TSS2_RC_SUCCESS || off != publicArea.size())
-    throw Failure(FailureKind::Argument, "", 0, "the AK public area is not a well-formed TPMT_PUBLIC");
-  if (!isAkShaped(in.publicArea))
-    throw Failure(FailureKind::Mismatch, "", 0, "the key to load is not a restricted signing key (not an AK)");
+    throw Failure(FailureKind::Argument, "", 0, "the public area is not a well-formed TPMT_PUBLIC");
+  if (!shape(in.publicArea)) throw Failure(FailureKind::Mismatch, "", 0, std::string("the key to load is not ") + what);
   TPM2B_PRIVATE priv{};
   if (privateBlob.empty() || privateBlob.size() > sizeof priv.buffer)
-    throw Failure(FailureKind::Argument, "", 0, "the AK private blob has a bad size");
+    throw Failure(FailureKind::Argument, "", 0, "the private blob has a bad size");
   priv.size = static_cast<UINT16>(privateBlob.size());
   std::memcpy(priv.buffer, privateBlob.data(), privateBlob.size());
   EkLease ek(*this, ekKind);
@@ -524,6 +540,33 @@ Value TpmSession::loadAk(EkKind ekKind, const Bytes& publicArea, const Bytes& pr
   Bytes name = nameOf(tr);
   uint32_t id = registerAk(AkEntry{g.release(), false, 0});
   return Value::object().set("id", Value::num(id)).set("name", Value::buf(std::move(name)));
+}
+
+Value TpmSession::createAgentKey(EkKind ekKind) {
+  requireOpen();
+  EkLease ek(*this, ekKind);
+  EkAuth auth(*this, ekKind);
+  TPM2B_SENSITIVE_CREATE sens{};
+  TPM2B_PUBLIC in{};
+  in.publicArea = agentKeyTemplate();
+  TPM2B_DATA outside{};
+  TPML_PCR_SELECTION creationPcr{};
+  TPM2B_PRIVATE* priv = nullptr;
+  TPM2B_PUBLIC* pub = nullptr;
+  TPM2B_CREATION_DATA* cdata = nullptr;
+  TPM2B_DIGEST* chash = nullptr;
+  TPMT_TK_CREATION* ticket = nullptr;
+  TSS2_RC rc = Esys_Create(esys_, ek.tr(), auth.handle(), ESYS_TR_NONE, ESYS_TR_NONE, &sens, &in, &outside,
+                           &creationPcr, &priv, &pub, &cdata, &chash, &ticket);
+  Owned<TPM2B_PRIVATE> pv(priv);
+  Owned<TPM2B_PUBLIC> pb(pub);
+  Esys_Free(cdata);
+  Esys_Free(chash);
+  Esys_Free(ticket);
+  check(rc, "TPM2_Create");
+  return Value::object()
+      .set("public", Value::buf(marshalPublic(pb->publicArea)))
+      .set("private", Value::buf(pv->buffer, pv->size));
 }
 
 void TpmSession::persistAk(uint32_t id, uint32_t persistentHandle) {
@@ -539,6 +582,14 @@ void TpmSession::persistAk(uint32_t id, uint32_t persistentHandle) {
 }
 
 Value TpmSession::akFromPersistent(uint32_t persistentHandle) {
+  return fromPersistent(persistentHandle, isAkShaped, "a restricted signing key (not an AK)");
+}
+
+Value TpmSession::agentKeyFromPersistent(uint32_t persistentHandle) {
+  return fromPersistent(persistentHandle, isAgentKeyShaped, "an unrestricted fixedTPM signing key (not an agent key)");
+}
+
+Value TpmSession::fromPersistent(uint32_t persistentHandle, bool (*shape)(const TPMT_PUBLIC&), const char* what) {
   requireOpen();
   if (!handlePresent(persistentHandle))
     throw Failure(FailureKind::Mismatch, "", 0, "no persistent object at " + hex32(persistentHandle));
@@ -554,15 +605,14 @@ Value TpmSession::akFromPersistent(uint32_t persistentHandle) {
   Esys_Free(name);
   Esys_Free(qname);
   check(rc, "TPM2_ReadPublic");
-  if (!isAkShaped(p->publicArea))
-    throw Failure(FailureKind::Mismatch, "", 0,
-                  "the object at " + hex32(persistentHandle) + " is not a restricted signing key (not an AK)");
-  Bytes akName = nameOf(tr);
+  if (!shape(p->publicArea))
+    throw Failure(FailureKind::Mismatch, "", 0, "the object at " + hex32(persistentHandle) + " is not " + what);
+  Bytes objName = nameOf(tr);
   Bytes publicArea = marshalPublic(p->publicArea);
   uint32_t id = registerAk(AkEntry{g.release(), true, persistentHandle});
   return Value::object()
       .set("id", Value::num(id))
-      .set("name", Value::buf(std::move(akName)))
+      .set("name", Value::buf(std::move(objName)))
       .set("public", Value::buf(std::move(publicArea)));
 }
 
@@ -651,6 +701,50 @@ Value TpmSession::activateCredential(uint32_t id, EkKind ekKind, const Bytes& cr
   Owned<TPM2B_DIGEST> ci(certInfo);
   check(rc, "TPM2_ActivateCredential");
   return Value::buf(ci->buffer, ci->size);
+}
+
+Value TpmSession::certify(uint32_t objectId, uint32_t akId, const Bytes& nonce) {
+  requireOpen();
+  const AkEntry& obj = ak(objectId);
+  const AkEntry& signer = ak(akId);
+  TPM2B_DATA qd{};
+  if (nonce.size() > sizeof qd.buffer) throw Failure(FailureKind::Argument, "", 0, "nonce too long");
+  qd.size = static_cast<UINT16>(nonce.size());
+  std::memcpy(qd.buffer, nonce.data(), nonce.size());
+  TPMT_SIG_SCHEME scheme{};
+  scheme.scheme = TPM2_ALG_NULL;  // the AK's own scheme
+  TPM2B_ATTEST* certified = nullptr;
+  TPMT_SIGNATURE* sig = nullptr;
+  // Both objects have empty passwords: the object in the ADMIN role (no
+  // adminWithPolicy), the AK in the USER role.
+  TSS2_RC rc = Esys_Certify(esys_, obj.tr, signer.tr, ESYS_TR_PASSWORD, ESYS_TR_PASSWORD, ESYS_TR_NONE, &qd, &scheme,
+                            &certified, &sig);
+  Owned<TPM2B_ATTEST> c(certified);
+  Owned<TPMT_SIGNATURE> sg(sig);
+  check(rc, "TPM2_Certify");
+  return Value::object()
+      .set("attest", Value::buf(c->attestationData, c->size))
+      .set("signature", Value::buf(marshalSignature(*sg)));
+}
+
+Value TpmSession::sign(uint32_t keyId, const Bytes& digest) {
+  requireOpen();
+  const AkEntry& key = ak(keyId);
+  TPM2B_DIGEST d{};
+  if (digest.empty() || digest.size() > sizeof d.buffer) throw Failure(FailureKind::Argument, "", 0, "digest has a bad size");
+  d.size = static_cast<UINT16>(digest.size());
+  std::memcpy(d.buffer, digest.data(), digest.size());
+  TPMT_SIG_SCHEME scheme{};
+  scheme.scheme = TPM2_ALG_NULL;  // the key's own scheme
+  // An unrestricted key signs any digest: the NULL ticket is accepted.
+  TPMT_TK_HASHCHECK ticket{};
+  ticket.tag = TPM2_ST_HASHCHECK;
+  ticket.hierarchy = TPM2_RH_NULL;
+  TPMT_SIGNATURE* sig = nullptr;
+  TSS2_RC rc = Esys_Sign(esys_, key.tr, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &d, &scheme, &ticket, &sig);
+  Owned<TPMT_SIGNATURE> sg(sig);
+  check(rc, "TPM2_Sign");
+  return Value::buf(marshalSignature(*sg));
 }
 
 // ---- diagnostics --------------------------------------------------------------

@@ -44,6 +44,15 @@ class TpmSession {
   Value readNv(uint32_t index);
   Value createAk(EkKind ek, AkKind ak);
   Value loadAk(EkKind ek, const Bytes& publicArea, const Bytes& privateBlob);
+  // The agent key: created under the EK like the AK, but an unrestricted
+  // signing key (it signs TLS channel bindings and the agent's CSR).
+  Value createAgentKey(EkKind ek);
+  Value loadAgentKey(EkKind ek, const Bytes& publicArea, const Bytes& privateBlob);
+  Value agentKeyFromPersistent(uint32_t persistentHandle);
+  // TPM2_Certify of a loaded object by a loaded AK over qualifyingData.
+  Value certify(uint32_t objectId, uint32_t akId, const Bytes& nonce);
+  // TPM2_Sign of a digest with a loaded unrestricted signing key.
+  Value sign(uint32_t keyId, const Bytes& digest);
   void persistAk(uint32_t id, uint32_t persistentHandle);
   Value akFromPersistent(uint32_t persistentHandle);
   void evictPersistent(uint32_t persistentHandle);
@@ -73,6 +82,9 @@ class TpmSession {
   const AkEntry& ak(uint32_t id) const;
   uint32_t registerAk(AkEntry e);
   Bytes nameOf(ESYS_TR tr);
+  Value loadUnder(EkKind ek, const Bytes& publicArea, const Bytes& privateBlob, bool (*shape)(const TPMT_PUBLIC&),
+                  const char* what);
+  Value fromPersistent(uint32_t persistentHandle, bool (*shape)(const TPMT_PUBLIC&), const char* what);
 
   std::string tcti_;
   TSS2_TCTI_CONTEXT* tctiCtx_ = nullptr;

@@ -35,6 +35,11 @@ export interface NativeTpmDevice {
   activateCredential(id: number, ek: number, blob: Buffer, secret: Buffer): Promise<Buffer>;
   flushAk(id: number): Promise<void>;
   loadedHandles(): Promise<{ transient: number[]; sessions: number[] }>;
+  createAgentKey(ek: number): Promise<{ public: Buffer; private: Buffer }>;
+  loadAgentKey(ek: number, pub: Buffer, priv: Buffer): Promise<NativeAkInfo>;
+  agentKeyFromPersistent(handle: number): Promise<Required<NativeAkInfo>>;
+  certify(objectId: number, akId: number, nonce: Buffer): Promise<{ attest: Buffer; signature: Buffer }>;
+  sign(keyId: number, digest: Buffer): Promise<Buffer>;
 }
 
 export interface NativeAddon {

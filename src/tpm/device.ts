@@ -46,6 +46,22 @@ export interface AkHandle {
   readonly persistentHandle: number | undefined;
 }
 
+/**
+ * A loaded agent key: an unrestricted ECDSA P-256 signing key made under the
+ * EK, fixedTPM and fixedParent, so its private part never leaves this TPM.
+ * Opaque like AkHandle, and not interchangeable with one.
+ */
+export interface AgentKeyHandle {
+  readonly kind: 'agent-key';
+  readonly name: Buffer;
+  /** TPMT_PUBLIC bytes of the key. */
+  readonly public: Buffer;
+  readonly persistentHandle: number | undefined;
+}
+
+/** What createAgentKey() returns: TPMT_PUBLIC and the TPM2B_PRIVATE contents wrapped by the EK. */
+export type AgentKeyBlobs = AkBlobs;
+
 export interface QuoteResult {
   /** TPMS_ATTEST bytes (the contents of the TPM2B_ATTEST): what the signature covers. */
   readonly attest: Buffer;
@@ -82,7 +98,7 @@ interface AkState {
   readonly device: TpmDevice;
   readonly id: number;
 }
-const akState = new WeakMap<AkHandle, AkState>();
+const akState = new WeakMap<AkHandle | AgentKeyHandle, AkState>();
 
 function isInt(n: unknown, lo: number, hi: number): n is number {
   return typeof n === 'number' && Number.isInteger(n) && n >= lo && n <= hi;
@@ -168,10 +184,16 @@ export class TpmDevice {
     }
   }
 
-  #akId(ak: AkHandle): number {
+  #akId(ak: AkHandle | AgentKeyHandle): number {
     const st = akState.get(ak);
-    if (!st || st.device !== this) throw new TpmStaleHandleError('the AK handle does not belong to this TPM device');
+    if (!st || st.device !== this) throw new TpmStaleHandleError('the key handle does not belong to this TPM device');
     return st.id;
+  }
+
+  #makeAgentKey(id: number, name: Buffer, pub: Buffer, persistentHandle: number | undefined): AgentKeyHandle {
+    const h: AgentKeyHandle = Object.freeze({ kind: 'agent-key' as const, name, public: pub, persistentHandle });
+    akState.set(h, { device: this, id });
+    return h;
   }
 
   #makeAk(id: number, name: Buffer, persistentHandle: number | undefined): AkHandle {
@@ -260,8 +282,8 @@ export class TpmDevice {
     return this.#makeAk(r.id, r.name, undefined);
   }
 
-  /** Makes a loaded AK persistent at `persistentHandle` (TPM2_EvictControl, empty owner auth). */
-  async persistAk(ak: AkHandle, persistentHandle: number): Promise<void> {
+  /** Makes a loaded AK or agent key persistent at `persistentHandle` (TPM2_EvictControl, empty owner auth). */
+  async persistAk(ak: AkHandle | AgentKeyHandle, persistentHandle: number): Promise<void> {
     const id = this.#akId(ak);
     if (!isInt(persistentHandle, 0x81000000, 0x81ffffff)) throw new TpmArgumentError('persistent handle must be in 0x81000000..0x81ffffff');
     await this.#call((n) => n.persistAk(id, persistentHandle));
@@ -274,6 +296,48 @@ export class TpmDevice {
     const h = Object.freeze({ name: r.name, persistentHandle, public: r.public });
     akState.set(h, { device: this, id: r.id });
     return h;
+  }
+
+  /** Creates an agent key under the EK (TPM2_Create); load it with loadAgentKey(). */
+  async createAgentKey(ek: EkKind): Promise<AgentKeyBlobs> {
+    const e = ekCode(ek);
+    const r = await this.#call((n) => n.createAgentKey(e));
+    return { public: r.public, private: r.private };
+  }
+
+  /** Loads saved agent-key blobs under the same EK; TpmObjectError when they are not an agent key. */
+  async loadAgentKey(ek: EkKind, blobs: AgentKeyBlobs): Promise<AgentKeyHandle> {
+    const e = ekCode(ek);
+    checkBuffer(blobs?.public, 'agent key public', 1024);
+    checkBuffer(blobs?.private, 'agent key private', 1024);
+    const r = await this.#call((n) => n.loadAgentKey(e, blobs.public, blobs.private));
+    return this.#makeAgentKey(r.id, r.name, blobs.public, undefined);
+  }
+
+  /** An agent key persistent in the TPM; TpmObjectError when absent or not an unrestricted fixedTPM signing key. */
+  async agentKeyFromPersistent(persistentHandle: number): Promise<AgentKeyHandle> {
+    if (!isInt(persistentHandle, 0x81000000, 0x81ffffff)) throw new TpmArgumentError('persistent handle must be in 0x81000000..0x81ffffff');
+    const r = await this.#call((n) => n.agentKeyFromPersistent(persistentHandle));
+    return this.#makeAgentKey(r.id, r.name, r.public, persistentHandle);
+  }
+
+  /**
+   * TPM2_Certify of a loaded key by an AK, `nonce` as qualifyingData: the
+   * AK's signature over the key's name proves the key lives in this TPM.
+   */
+  async certify(key: AgentKeyHandle, ak: AkHandle, nonce: Buffer): Promise<QuoteResult> {
+    const k = this.#akId(key);
+    const a = this.#akId(ak);
+    if (!Buffer.isBuffer(nonce) || nonce.length > MAX_NONCE_BYTES) throw new TpmArgumentError(`nonce must be a Buffer of at most ${MAX_NONCE_BYTES} bytes`);
+    const r = await this.#call((n) => n.certify(k, a, nonce));
+    return { attest: r.attest, signature: r.signature };
+  }
+
+  /** TPM2_Sign of a SHA-256 digest with the agent key: a TPMT_SIGNATURE (ECDSA r, s). */
+  async sign(key: AgentKeyHandle, digest: Buffer): Promise<Buffer> {
+    const k = this.#akId(key);
+    if (!Buffer.isBuffer(digest) || digest.length !== 32) throw new TpmArgumentError('digest must be a SHA-256 digest (32 bytes)');
+    return this.#call((n) => n.sign(k, digest));
   }
 
   /** Removes a persistent object (not the EKs); handles reached through it become stale. */
@@ -306,8 +370,8 @@ export class TpmDevice {
     return this.#call((n) => n.activateCredential(id, e, credentialBlob, encryptedSecret));
   }
 
-  /** Unloads the AK (a persistent AK stays in the TPM; only this reference goes). */
-  async flush(ak: AkHandle): Promise<void> {
+  /** Unloads the AK or agent key (a persistent one stays in the TPM; only this reference goes). */
+  async flush(ak: AkHandle | AgentKeyHandle): Promise<void> {
     const id = this.#akId(ak);
     await this.#call((n) => n.flushAk(id));
   }

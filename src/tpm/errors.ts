@@ -120,3 +120,28 @@ export class TpmKeyError extends Error {
     super(`public area holds no usable key: ${detail}`);
   }
 }
+
+export type AgentKeyFailureReason = 'malformed' | 'attribute-missing' | 'attribute-forbidden' | 'key-type' | 'curve' | 'scheme' | 'name-alg' | 'public-key';
+
+/** A public area that does not describe an agent key (an unrestricted, non-exportable ECDSA P-256 signing key). */
+export class AgentKeyPublicError extends Error {
+  override readonly name = 'AgentKeyPublicError';
+  constructor(
+    readonly reason: AgentKeyFailureReason,
+    detail: string,
+  ) {
+    super(`not an agent key (${reason}): ${detail}`);
+  }
+}
+
+export type CertifyFailureReason = 'malformed' | 'scheme' | 'signature' | 'magic' | 'type' | 'nonce' | 'name';
+
+export class CertifyVerificationError extends Error {
+  override readonly name = 'CertifyVerificationError';
+  constructor(
+    readonly reason: CertifyFailureReason,
+    detail: string,
+  ) {
+    super(`key certification failed (${reason}): ${detail}`);
+  }
+}

@@ -31,6 +31,8 @@ export {
 } from './credential.js';
 export { verifyQuote, checkClockProgress, type VerifyQuoteInput, type VerifiedQuote } from './quote.js';
 export { checkAkPublic } from './ak.js';
+export { checkAgentKeyPublic, verifyCertify, type VerifyCertifyInput } from './certify.js';
+export { ecdsaSignatureDer } from './signature.js';
 export {
   unwrapEkCertificate, verifyEkCertificate, ekCertificateMatches, ekPublicHash,
   type EkChainOptions, type VerifiedEkCertificate,

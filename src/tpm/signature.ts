@@ -109,3 +109,21 @@ export function verifyTpmSignature(key: KeyObject, message: Uint8Array, sig: Tpm
   }
   throw new TpmUnsupportedError(`signature algorithm ${hex16(sig.sigAlg)}`);
 }
+
+/** DER INTEGER body of an unsigned big-endian value: leading zeros dropped, a 0x00 added when the top bit is set. */
+function derUnsigned(v: Buffer): Buffer {
+  let i = 0;
+  while (i < v.length - 1 && v[i] === 0) i++;
+  const t = v.subarray(i);
+  const body = t[0]! & 0x80 ? Buffer.concat([Buffer.from([0]), t]) : t;
+  return Buffer.concat([Buffer.from([0x02, body.length]), body]);
+}
+
+/** An ECDSA TPMT_SIGNATURE as the DER `Ecdsa-Sig-Value` X.509 and PKCS#10 carry (P-256/P-384 sizes). */
+export function ecdsaSignatureDer(sig: TpmtSignature): Buffer {
+  if (sig.sigAlg !== TPM_ALG.ECDSA) throw new TpmUnsupportedError(`signature algorithm ${hex16(sig.sigAlg)} (want ECDSA)`);
+  if (sig.r.length === 0 || sig.s.length === 0 || sig.r.length > 66 || sig.s.length > 66) throw new TpmMarshalError('TPMT_SIGNATURE', 'ECDSA r or s has a bad size');
+  const body = Buffer.concat([derUnsigned(sig.r), derUnsigned(sig.s)]);
+  if (body.length > 127) throw new TpmMarshalError('TPMT_SIGNATURE', 'ECDSA signature too long for short-form DER');
+  return Buffer.concat([Buffer.from([0x30, body.length]), body]);
+}
