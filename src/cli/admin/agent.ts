@@ -12,7 +12,7 @@ export function agentCommands(io: CliIo = processIo): Record<'list' | 'show' | '
     description: 'Lists attested agents.',
     async run(argv) {
       const { values: v } = parseFlags(argv, { ...COMMON_FLAGS, status: { type: 'string' }, selector: { type: 'string', multiple: true }, match: { type: 'string' } });
-      if (v.status !== undefined && !['active', 'evicted', 'banned'].includes(v.status)) throw usageError(`--status must be active, evicted or banned, got ${JSON.stringify(v.status)}`);
+      if (v.status !== undefined && !['active', 'evicted', 'banned', 'drifted'].includes(v.status)) throw usageError(`--status must be active, evicted, banned or drifted, got ${JSON.stringify(v.status)}`);
       const q = new URLSearchParams({ limit: '1000' });
       if (v.status) q.set('status', v.status);
       for (const s of v.selector ?? []) q.append('selector', s);

@@ -38,6 +38,8 @@ export function formatAgent(a: AgentJson): string {
     out.push(line('Status', 'active'), line('Expiration time', s.svid.notAfter), line('Serial number', s.svid.serial), line('Can re-attest', 'true'));
   } else if (s.kind === 'evicted') {
     out.push(line('Status', `evicted since ${s.since}`), line('Can re-attest', 'true'));
+  } else if (s.kind === 'drifted') {
+    out.push(line('Status', `drifted since ${s.since}`), line('Drift reason', s.reason), line('Can re-attest', 'true'));
   } else {
     out.push(line('Status', `banned since ${s.since}`), line('Ban reason', s.reason), line('Can re-attest', 'false'));
   }

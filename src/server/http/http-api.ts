@@ -120,7 +120,7 @@ function installCollectors(o: HttpApiOptions, metrics: KeelMetrics): () => void 
       dirty = false;
       try {
         metrics.entries.set(undefined, await countAll((cursor) => o.store.listEntries({}, { limit: 1000, ...(cursor ? { cursor } : {}) })));
-        for (const status of ['active', 'evicted', 'banned'] as const satisfies readonly NodeStatus['kind'][]) {
+        for (const status of ['active', 'evicted', 'banned', 'drifted'] as const satisfies readonly NodeStatus['kind'][]) {
           metrics.agents.set({ status }, await countAll((cursor) => o.store.listNodes({ status }, { limit: 1000, ...(cursor ? { cursor } : {}) })));
         }
         countedAt = Date.now();

@@ -63,7 +63,8 @@ export function entryToJson(e: RegistrationEntry): EntryJson {
 export type NodeStatusJson =
   | { kind: 'active'; svid: { serial: string; notAfter: string } }
   | { kind: 'evicted'; since: string }
-  | { kind: 'banned'; since: string; reason: string };
+  | { kind: 'banned'; since: string; reason: string }
+  | { kind: 'drifted'; since: string; reason: string };
 
 export interface AgentJson {
   agentId: string;
@@ -86,7 +87,7 @@ export function agentToJson(n: AttestedNode): AgentJson {
       ? { kind: 'active', svid: { serial: s.svid.serial, notAfter: s.svid.notAfter.toISOString() } }
       : s.kind === 'evicted'
         ? { kind: 'evicted', since: s.since.toISOString() }
-        : { kind: 'banned', since: s.since.toISOString(), reason: s.reason };
+        : { kind: s.kind, since: s.since.toISOString(), reason: s.reason };
   return {
     agentId: n.agentId.toString(),
     attestationType: n.attestationType,
@@ -282,7 +283,7 @@ export function entryListQuery(td: TrustDomain) {
 
 export const agentListQuery = z
   .strictObject({
-    status: one(z.enum(['active', 'evicted', 'banned']).optional()),
+    status: one(z.enum(['active', 'evicted', 'banned', 'drifted']).optional()),
     selector: many(selector),
     selectorMatch: one(setMatch.default('superset')),
     ...page,

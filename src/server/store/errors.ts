@@ -12,6 +12,18 @@ export class StoreError extends Error {
   }
 }
 
+/**
+ * The disk holding the database is full (SQLITE_FULL). The write was rolled
+ * back; reads go on, and writes succeed again once there is space.
+ */
+export class StoreFullError extends StoreError {
+  override name = 'StoreFullError';
+  readonly code = 'SQLITE_FULL';
+  constructor(options?: { cause?: unknown }) {
+    super('the store cannot write: the disk holding the database is full (SQLITE_FULL)', options);
+  }
+}
+
 /** The record named does not exist. */
 export class NotFoundError extends StoreError {
   override name = 'NotFoundError';
@@ -64,7 +76,7 @@ export class NodeNotActiveError extends StoreError {
   override name = 'NodeNotActiveError';
   constructor(
     readonly agentId: string,
-    readonly status: 'evicted' | 'banned',
+    readonly status: 'evicted' | 'banned' | 'drifted',
   ) {
     super(`node ${agentId} is ${status}; it must attest again`);
   }

@@ -36,6 +36,7 @@ export {
   NotFoundError,
   SchemaTooNewError,
   StoreError,
+  StoreFullError,
 } from './errors.js';
 export { formatSelector, normalizeSelectors, parseSelector, type Selector } from './selectors.js';
 export { serverIdOf, SERVER_ID_PATH } from './node-groups.js';

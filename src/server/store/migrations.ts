@@ -125,6 +125,39 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX nonces_by_expiry ON nonces (expires_at);
     `,
   },
+  {
+    version: 2,
+    description: "nodes: status 'drifted' (out of firmware policy at a continuous attestation), with its reason",
+    // SQLite cannot change a CHECK in place: the table is rebuilt (foreign keys
+    // are off while migrations run, so node_selectors keeps its rows).
+    sql: `
+      CREATE TABLE nodes_v2 (
+        agent_id TEXT PRIMARY KEY,
+        ek_public_hash TEXT NOT NULL UNIQUE,
+        ak_name TEXT,
+        attestation_type TEXT NOT NULL CHECK (attestation_type = 'tpm'),
+        selectors_key TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('active', 'evicted', 'banned', 'drifted')),
+        status_since INTEGER NOT NULL,
+        banned_reason TEXT,               -- the reason of a ban, or of a drift
+        svid_serial TEXT,
+        svid_not_after INTEGER,
+        quote_clock TEXT NOT NULL,
+        quote_reset_count INTEGER NOT NULL,
+        quote_restart_count INTEGER NOT NULL,
+        first_seen INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL,
+        revision INTEGER NOT NULL,
+        CHECK ((status = 'active') = (svid_serial IS NOT NULL AND svid_not_after IS NOT NULL)),
+        CHECK ((status IN ('banned', 'drifted')) = (banned_reason IS NOT NULL))
+      );
+      INSERT INTO nodes_v2 SELECT agent_id, ek_public_hash, ak_name, attestation_type, selectors_key, status, status_since,
+        banned_reason, svid_serial, svid_not_after, quote_clock, quote_reset_count, quote_restart_count, first_seen,
+        last_seen, revision FROM nodes;
+      DROP TABLE nodes;
+      ALTER TABLE nodes_v2 RENAME TO nodes;
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;
@@ -140,6 +173,22 @@ export function migrate(db: Database, migrations: readonly Migration[] = MIGRATI
   db.exec('CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)');
   const found = readVersion(db);
   if (found > latest) throw new SchemaTooNewError(found, latest);
+  if (found >= latest) return found;
+  // Table rebuilds must not cascade into the tables that reference them; the
+  // pragma has no effect inside a transaction, so it is set around them.
+  const fk = db.pragma('foreign_keys', { simple: true }) as number;
+  db.pragma('foreign_keys = OFF');
+  try {
+    runMigrations(db, migrations, latest);
+    const broken = db.pragma('foreign_key_check') as unknown[];
+    if (broken.length) throw new StoreError(`the migrated database breaks ${broken.length} foreign key(s)`);
+  } finally {
+    if (fk) db.pragma('foreign_keys = ON');
+  }
+  return readVersion(db);
+}
+
+function runMigrations(db: Database, migrations: readonly Migration[], latest: number): void {
   for (const m of migrations) {
     const step = db.transaction(() => {
       // Re-read under the write lock: another process may have migrated meanwhile.
@@ -152,5 +201,4 @@ export function migrate(db: Database, migrations: readonly Migration[] = MIGRATI
     });
     step.immediate();
   }
-  return readVersion(db);
 }

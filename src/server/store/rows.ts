@@ -125,6 +125,8 @@ export class RowDecoder {
         status = { kind: 'evicted', since: new Date(row.status_since) };
       } else if (row.status === 'banned' && row.banned_reason !== null) {
         status = { kind: 'banned', since: new Date(row.status_since), reason: row.banned_reason };
+      } else if (row.status === 'drifted' && row.banned_reason !== null) {
+        status = { kind: 'drifted', since: new Date(row.status_since), reason: row.banned_reason };
       } else {
         throw new Error(`status ${row.status} does not fit its columns`);
       }

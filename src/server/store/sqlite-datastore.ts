@@ -9,7 +9,7 @@ import Database from 'better-sqlite3';
 import type { Database as Db, Statement } from 'better-sqlite3';
 import { SpiffeId, TrustDomain } from '../../spiffe/id.js';
 import { EntryIndex } from './entry-index.js';
-import { ConflictError, InvalidRecordError, NodeBannedError, NodeNotActiveError, NotFoundError, StoreError } from './errors.js';
+import { ConflictError, InvalidRecordError, NodeBannedError, NodeNotActiveError, NotFoundError, StoreError, StoreFullError } from './errors.js';
 import { migrate } from './migrations.js';
 import { RowDecoder, type BundleRow, type EntryRow, type NodeRow } from './rows.js';
 import { formatSelector, normalizeSelectors, selectorSetKey, type Selector } from './selectors.js';
@@ -66,6 +66,7 @@ function toStoreError(e: unknown): StoreError {
   if (code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY') {
     return new ConflictError(String((e as Error).message));
   }
+  if (code === 'SQLITE_FULL') return new StoreFullError({ cause: e });
   if (code === 'SQLITE_BUSY') return new StoreError('the database is locked by another writer (busy timeout expired)', { cause: e });
   if (e instanceof TypeError && /not open/.test(e.message)) return new StoreError('the store is closed', { cause: e });
   return new StoreError(`sqlite: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
@@ -565,7 +566,7 @@ export class SqliteDatastore implements Datastore {
         const row = this.nodeRow(agentId);
         if (!row) throw new NotFoundError('node', id);
         if (row.status === 'banned') throw new NodeBannedError(id, row.banned_reason ?? '');
-        if (row.status !== 'active') throw new NodeNotActiveError(id, 'evicted');
+        if (row.status !== 'active') throw new NodeNotActiveError(id, row.status === 'drifted' ? 'drifted' : 'evicted');
         if (r.ifSvidSerial !== undefined && r.ifSvidSerial !== row.svid_serial) {
           throw new ConflictError(`${id} no longer holds SVID ${r.ifSvidSerial} (renewed meanwhile)`, id);
         }
@@ -631,7 +632,7 @@ export class SqliteDatastore implements Datastore {
   }
 
   /** Moves a node to evicted or banned; the SVID it held stops being renewable. */
-  private setNodeStatus(agentId: SpiffeId, to: 'evicted' | 'banned', reason: string | null): AttestedNode {
+  private setNodeStatus(agentId: SpiffeId, to: 'evicted' | 'banned' | 'drifted', reason: string | null): AttestedNode {
     const id = checkAgentId(agentId).toString();
     return this.write(() => {
       const row = this.nodeRow(agentId);
@@ -659,6 +660,25 @@ export class SqliteDatastore implements Datastore {
         throw new InvalidRecordError('reason', 'a ban needs a reason of 1-1024 characters');
       }
       return this.setNodeStatus(agentId, 'banned', reason);
+    });
+  }
+
+  markNodeDrifted(agentId: SpiffeId, reason: string, options: { readonly ifSvidSerial?: string } = {}): Promise<AttestedNode> {
+    return this.run(() => {
+      if (typeof reason !== 'string' || reason.trim() === '' || reason.length > 4096) {
+        throw new InvalidRecordError('reason', 'a drift needs a reason of 1-4096 characters');
+      }
+      const id = checkAgentId(agentId).toString();
+      return this.write(() => {
+        const row = this.nodeRow(agentId);
+        if (!row) throw new NotFoundError('node', id);
+        if (row.status === 'banned') throw new NodeBannedError(id, row.banned_reason ?? '');
+        if (row.status !== 'active') throw new NodeNotActiveError(id, row.status === 'drifted' ? 'drifted' : 'evicted');
+        if (options.ifSvidSerial !== undefined && options.ifSvidSerial !== row.svid_serial) {
+          throw new ConflictError(`${id} no longer holds SVID ${options.ifSvidSerial}`, id);
+        }
+        return this.setNodeStatus(agentId, 'drifted', reason);
+      });
     });
   }
 

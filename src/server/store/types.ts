@@ -143,7 +143,9 @@ export interface QuoteClock {
 export type NodeStatus =
   | { readonly kind: 'active'; readonly svid: SvidRef }
   | { readonly kind: 'evicted'; readonly since: Date }
-  | { readonly kind: 'banned'; readonly since: Date; readonly reason: string };
+  | { readonly kind: 'banned'; readonly since: Date; readonly reason: string }
+  /** Out of its firmware policy at a continuous attestation; it may attest again (e.g. after a reboot into the right firmware). */
+  | { readonly kind: 'drifted'; readonly since: Date; readonly reason: string };
 
 export interface AttestedNode {
   readonly agentId: SpiffeId;
@@ -259,6 +261,12 @@ export interface Datastore {
   /** The node loses its identity (status evicted, SVID no longer renewable) and may attest again; ConflictError when banned. */
   evictNode(agentId: SpiffeId): Promise<AttestedNode>;
   banNode(agentId: SpiffeId, reason: string): Promise<AttestedNode>;
+  /**
+   * An active node whose measurements left its policy: loses its identity
+   * like an eviction, with the reason kept. `ifSvidSerial`: only while it still
+   * holds that SVID (ConflictError otherwise); NodeNotActiveError when not active.
+   */
+  markNodeDrifted(agentId: SpiffeId, reason: string, options?: { readonly ifSvidSerial?: string }): Promise<AttestedNode>;
   /** Back to evicted: it may attest again. ConflictError when it is not banned. */
   unbanNode(agentId: SpiffeId): Promise<AttestedNode>;
 
