@@ -68,6 +68,8 @@ const caSchema = z.strictObject({
     })
     .default({}),
   upstream: upstreamSchema.optional(),
+  // How long a prepared key is in the bundle before it may sign; default the longest X.509-SVID TTL.
+  min_publish: duration().optional(),
 });
 
 const jwtSchema = z.strictObject({
@@ -156,6 +158,8 @@ const serverSection = z
     }),
     // SPIFFE IDs allowed to call the admin API over mTLS, besides entries marked admin.
     admin_ids: z.array(z.string().min(1)).default([]),
+    // Clock skew tolerated between this server and agents/relying parties: X.509 notBefore is backdated by it.
+    clock_skew_tolerance: duration().default(60),
     store: storeSchema.optional(),
     hsm: hsmSchema,
     ca: caSchema,
@@ -175,6 +179,18 @@ const serverSection = z
         path: ['ca', 'ttl'],
         message: `must be at least ${CA_TTL_FACTOR} × the longest SVID TTL (${longest}s), i.e. ≥ ${CA_TTL_FACTOR * longest}s; got ${s.ca.ttl}s`,
       });
+    }
+    // A certificate whose whole life fits inside the tolerance would be renewed as soon as it arrives.
+    const shortestX509 = Math.min(s.svid.default_x509_ttl, s.svid.agent_ttl);
+    if (s.clock_skew_tolerance >= shortestX509) {
+      ctx.addIssue({ code: 'custom', path: ['clock_skew_tolerance'], message: `must be under the shortest X.509-SVID TTL (${shortestX509}s); got ${s.clock_skew_tolerance}s` });
+    }
+    if (s.ca.min_publish !== undefined) {
+      // The gap between preparing (1/2 of the life left) and activating (1/6) a key.
+      const gap = Math.floor(Math.min(s.ca.ttl, s.jwt.key_ttl ?? s.ca.ttl) / 3);
+      if (s.ca.min_publish > gap) {
+        ctx.addIssue({ code: 'custom', path: ['ca', 'min_publish'], message: `must be at most a third of the CA (and JWT key) TTL (${gap}s), or every rotation would be late; got ${s.ca.min_publish}s` });
+      }
     }
     s.federation.trust_domains.forEach((f, i) => {
       if (f.trust_domain.equals(s.trust_domain)) {

@@ -16,6 +16,8 @@ export interface HsmConfig {
   maxQueue?: number;
   /** After a failed reconnect to a lost token, wait this long before trying again (fail fast meanwhile). Default 500 ms. */
   reconnectIntervalMs?: number;
+  /** After the token rejects the PIN, re-read the PIN source at most this often (doubling up to a minute). Default 1000 ms. */
+  pinRetryIntervalMs?: number;
 }
 
 export interface ResolvedHsmConfig {
@@ -25,6 +27,7 @@ export interface ResolvedHsmConfig {
   sessions: number;
   maxQueue: number;
   reconnectIntervalMs: number;
+  pinRetryIntervalMs: number;
 }
 
 function intIn(path: string, v: unknown, min: number, max: number, dflt: number): number {
@@ -35,7 +38,7 @@ function intIn(path: string, v: unknown, min: number, max: number, dflt: number)
 
 export function resolveHsmConfig(c: HsmConfig): ResolvedHsmConfig {
   if (typeof c !== 'object' || c === null) throw new HsmConfigError('', 'must be an object');
-  const known = new Set(['module', 'token', 'pin', 'sessions', 'maxQueue', 'reconnectIntervalMs']);
+  const known = new Set(['module', 'token', 'pin', 'sessions', 'maxQueue', 'reconnectIntervalMs', 'pinRetryIntervalMs']);
   for (const k of Object.keys(c)) if (!known.has(k)) throw new HsmConfigError(k, 'unknown key');
   if (typeof c.module !== 'string' || !c.module.startsWith('/')) throw new HsmConfigError('module', 'must be the absolute path of a PKCS#11 module');
   const t = c.token as Record<string, unknown> | undefined;
@@ -60,5 +63,6 @@ export function resolveHsmConfig(c: HsmConfig): ResolvedHsmConfig {
     sessions: intIn('sessions', c.sessions, 1, 256, 4),
     maxQueue: intIn('maxQueue', c.maxQueue, 0, 1_000_000, 4096),
     reconnectIntervalMs: intIn('reconnectIntervalMs', c.reconnectIntervalMs, 0, 600_000, 500),
+    pinRetryIntervalMs: intIn('pinRetryIntervalMs', c.pinRetryIntervalMs, 0, 600_000, 1000),
   };
 }

@@ -19,7 +19,7 @@ import {
 } from './errors.js';
 import { RSA_BITS, curveByParams, curveOf, ecPublicKey, rsaPublicKey } from './key-material.js';
 import { Pkcs11Module } from './module.js';
-import { readPin } from './pin.js';
+import { pinHolder, readPin } from './pin.js';
 import { SessionPool, type PooledSession } from './session-pool.js';
 import { HsmSigner, signingPlan } from './signer.js';
 
@@ -36,6 +36,9 @@ interface CachedHandle {
 }
 
 const MAX_LABEL_BYTES = 255;
+/** CK_STATE values of a logged-in user session (pkcs11js exports no CKS_* names). */
+const CKS_RO_USER_FUNCTIONS = 1;
+const CKS_RW_USER_FUNCTIONS = 3;
 
 function assertLabel(label: unknown): asserts label is string {
   if (typeof label !== 'string' || label === '' || Buffer.byteLength(label) > MAX_LABEL_BYTES) {
@@ -64,8 +67,8 @@ export class Hsm {
     const cfg = resolveHsmConfig(config);
     const pin = await readPin(cfg.pin);
     const module = Pkcs11Module.acquire(cfg.module);
-    // The PIN lives only in this closure: not a property, not in any message.
-    const pool = new SessionPool(module, cfg, (api, session) => api.C_Login(session, pkcs11js.CKU_USER, pin));
+    // The PIN lives only in the holder's closures: not a property, not in any message.
+    const pool = new SessionPool(module, cfg, pinHolder(cfg.pin, pin));
     try {
       pool.connect();
     } catch (e) {
@@ -365,6 +368,40 @@ export class Hsm {
         }
       });
     }, 'C_Sign');
+  }
+
+  /**
+   * Whether these keys can sign now: the token answers, the application is
+   * logged in (a lost login is repaired, which re-reads a rejected PIN's
+   * source), and each key is still on the token. Signs nothing.
+   */
+  async canSign(keys: readonly HsmKey[]): Promise<boolean> {
+    try {
+      await this.run((s) => {
+        let state: number;
+        try {
+          state = this.pool.api.C_GetSessionInfo(s.handle).state;
+        } catch (e) {
+          throw toPkcs11Error(e, 'C_GetSessionInfo');
+        }
+        if (state !== CKS_RO_USER_FUNCTIONS && state !== CKS_RW_USER_FUNCTIONS) {
+          throw new HsmNotLoggedInError('CKR_USER_NOT_LOGGED_IN', 'C_GetSessionInfo', 'the session is not logged in');
+        }
+        for (const k of keys) {
+          const idHex = k.id.toString('hex');
+          // A cached handle may name a key destroyed since: reading an attribute proves it is there.
+          this.attrs(s, this.privateHandle(s, k.id, idHex), [pkcs11js.CKA_ID]);
+        }
+      }, 'C_GetSessionInfo');
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Why logins are refused now (the token rejected the PIN), or undefined. Never contains the PIN. */
+  get loginRefusal(): Error | undefined {
+    return this.pool.loginRefusal;
   }
 
   /** @internal the token's mechanism list, for HsmSigner's choice of mechanism */

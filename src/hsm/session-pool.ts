@@ -18,6 +18,7 @@ import {
   toPkcs11Error,
 } from './errors.js';
 import type { Pkcs11Module } from './module.js';
+import type { PinHolder } from './pin.js';
 
 export interface PooledSession {
   readonly handle: Buffer;
@@ -32,7 +33,8 @@ interface Waiter {
   reject(e: unknown): void;
 }
 
-export type LoginFn = (api: pkcs11js.PKCS11, session: Buffer) => void;
+/** Longest wait between re-reads of the PIN source after a rejection. */
+const MAX_PIN_RETRY_MS = 60_000;
 
 function tokenDescription(t: ResolvedHsmConfig['token']): string {
   return 'label' in t ? `labelled "${t.label}"` : `with serial "${t.serial}"`;
@@ -58,15 +60,19 @@ export class SessionPool {
   private reconnecting: Promise<void> | undefined;
   private lastReconnectFailure: { at: number; error: unknown } | undefined;
   private pinRejected: Pkcs11Error | undefined;
+  /** After a rejection: no re-read of the PIN source before this time; the wait doubles up to a minute. */
+  private nextPinAttemptAt = 0;
+  private pinRetryMs: number;
   private idleWaiters: Array<() => void> = [];
 
   constructor(
     readonly module: Pkcs11Module,
     readonly config: ResolvedHsmConfig,
-    private readonly login: LoginFn,
+    private readonly pin: PinHolder,
   ) {
     this.api = module.api;
     this.moduleGeneration = module.generation;
+    this.pinRetryMs = config.pinRetryIntervalMs;
   }
 
   /** Finds the token, opens the sessions and logs in; throws (leaving nothing open) if any of it fails. */
@@ -128,20 +134,58 @@ export class SessionPool {
     }
   }
 
-  /** Logs the application in through `session`; already logged in is fine. A rejected PIN is never tried again. */
+  /** Why logins fail now (the token refused the PIN), or undefined. */
+  get loginRefusal(): Pkcs11Error | undefined {
+    return this.pinRejected;
+  }
+
+  /**
+   * Logs the application in through `session`; already logged in is fine. A
+   * rejected PIN is never offered again (so as not to lock the token): after
+   * a rejection the PIN source is re-read at once, then at most once per
+   * retry interval (doubling up to a minute), and only a different PIN is tried.
+   */
   ensureLogin(session: Buffer): void {
-    if (this.pinRejected) throw this.pinRejected;
+    if (this.pinRejected) {
+      const now = Date.now();
+      if (now < this.nextPinAttemptAt) throw this.pinRejected;
+      this.nextPinAttemptAt = now + this.pinRetryMs;
+      this.pinRetryMs = Math.min(Math.max(this.pinRetryMs * 2, this.config.pinRetryIntervalMs), MAX_PIN_RETRY_MS);
+      // A PIN source that cannot be read leaves the rejection as the reason: it is what an operator must fix.
+      let changed = false;
+      try {
+        changed = this.pin.reload();
+      } catch {
+        changed = false;
+      }
+      if (!changed) throw this.pinRejected;
+    }
     try {
-      this.login(this.api, session);
+      this.pin.withPin((pin) => this.api.C_Login(session, pkcs11js.CKU_USER, pin));
     } catch (e) {
       const err = toPkcs11Error(e, 'C_Login', `user login to token ${tokenDescription(this.config.token)}`);
-      if (err.code === 'CKR_USER_ALREADY_LOGGED_IN') return;
+      if (err.code === 'CKR_USER_ALREADY_LOGGED_IN') return this.loginSucceeded();
       if (err instanceof HsmPinIncorrectError || err instanceof HsmPinLockedError) {
+        const first = !this.pinRejected;
+        err.message += ' (keel will not offer this PIN again; it re-reads the PIN source and tries a new PIN when one is there)';
         this.pinRejected = err;
-        err.message += ' (keel will not try this PIN again, so as not to lock the token)';
+        this.pin.markRejected();
+        // The operator may already have written the new PIN: look once, right away.
+        if (first) {
+          this.nextPinAttemptAt = 0;
+          this.pinRetryMs = this.config.pinRetryIntervalMs;
+          return this.ensureLogin(session);
+        }
       }
       throw err;
     }
+    this.loginSucceeded();
+  }
+
+  private loginSucceeded(): void {
+    this.pinRejected = undefined;
+    this.nextPinAttemptAt = 0;
+    this.pinRetryMs = this.config.pinRetryIntervalMs;
   }
 
   private openSession(): PooledSession {

@@ -158,7 +158,11 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
         ...(config.ca.upstream ? { upstream: await upstreamOf(config.ca.upstream, hsm) } : {}),
       },
       jwt: { keyType: config.jwt.key_type, keyTtlSeconds: config.jwt.key_ttl ?? config.ca.ttl, svidMaxTtlSeconds: config.svid.default_jwt_ttl },
+      // Agents up to the tolerance behind must not see not-yet-valid certificates.
+      backdateSeconds: config.clock_skew_tolerance,
+      ...(config.ca.min_publish !== undefined ? { minPublishSeconds: config.ca.min_publish } : {}),
       onError: (e) => logger.error('CA: rotation or key destruction failed', { err: e }),
+      onWarning: (msg, fields) => logger.warn(msg, fields),
     });
     started.push(ca);
     ca.onBundleChange(() => logger.info('trust bundle changed', { sequence: String(ca.bundle().sequence ?? 0) }));
@@ -205,7 +209,8 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
       metrics,
       ...(config.jwt.issuer ? { jwtIssuer: config.jwt.issuer } : {}),
       adminIds: config.admin_ids,
-      caReady: () => ca.activeCaCertificate() !== undefined,
+      caReady: () => ca.ready(),
+      hsmReady: () => ca.canSign(),
       caStatus: () => ca.status(),
       listen: {
         public: {

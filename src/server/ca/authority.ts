@@ -8,14 +8,14 @@ import { X509Certificate, randomBytes } from 'node:crypto';
 import { SpiffeId, TrustDomain } from '../../spiffe/id.js';
 import type { Signer } from '../../spiffe/signer.js';
 import { TrustBundle } from '../../spiffe/bundle.js';
-import { CaConfigError, CaIssueError, CaStateError } from './errors.js';
+import { CaConfigError, CaIssueError, CaJournalWriteError, CaStateError } from './errors.js';
 import { parseCsr, isParsedCsr, type ParsedCsr } from './csr.js';
 import { LeafTemplate } from './leaf-template.js';
 import { buildCaCertificate, readCaCertificate, type CaCertificateInfo } from './ca-certificate.js';
 import { randomSerial } from './serial.js';
 import { algorithmForKeyType, type CaKeyHandle, type CaKeyStore, type CaKeyType } from './key-store.js';
 import type { AuthorityState, CaJournal, CaJournalState } from './journal.js';
-import { DEFAULT_SCHEDULE, nextRotationStep, type RotationSchedule, type AuthoritySlot } from './rotation.js';
+import { DEFAULT_SCHEDULE, deferredActivation, nextRotationStep, type AuthoritySlot, type PublicationRules, type RotationSchedule } from './rotation.js';
 import { mintJwtSvid } from '../../spiffe/jwt-svid.js';
 
 export interface UpstreamAuthority {
@@ -49,14 +49,26 @@ export interface CertificateAuthorityOptions {
     readonly svidMaxTtlSeconds: number;
   };
   readonly schedule?: Partial<RotationSchedule>;
-  /** notBefore is set this far in the past for clock skew (default 10 s). */
+  /**
+   * The clock skew tolerated in relying parties: notBefore of SVIDs and CA
+   * certificates is set this far in the past, and an old key stays in the
+   * bundle this long past its last SVID (default 10 s).
+   */
   readonly backdateSeconds?: number;
+  /**
+   * How long a prepared key must have been in the bundle this process serves
+   * before it may sign (default: the longest X.509-SVID TTL, capped at the
+   * prepare→activate gap of each kind). See docs/server.md, keys and rotation.
+   */
+  readonly minPublishSeconds?: number;
   /** HSM labels are `<prefix>-x509-ca-<n>` and `<prefix>-jwt-<n>` (default "keel"). */
   readonly keyLabelPrefix?: string;
   /** How often the timer runs rotation (default 10 s; 0: no timer, call rotate() yourself). */
   readonly rotationCheckIntervalMs?: number;
   /** Errors of timer-driven rotation and of key destruction, which have no caller to throw to. */
   readonly onError?: (err: unknown) => void;
+  /** Rotation that departs from the schedule (activation held back or forced); once per key and kind of departure. */
+  readonly onWarning?: (message: string, fields: Record<string, string | number>) => void;
 }
 
 export interface X509SvidRequest {
@@ -125,6 +137,8 @@ interface Slot extends AuthoritySlot {
   durableUntilMs: number | null;
   /** Bound in the journal write under way or scheduled. */
   pendingUntilMs: number | null;
+  /** Prepared keys: since when this process has served the key in its bundle (restarts reset it). */
+  publishedSinceMs?: number;
 }
 interface X509Slot extends Slot {
   readonly cert: CaCertificateInfo;
@@ -173,6 +187,8 @@ export class CertificateAuthority {
   private readonly jwtMaxTtlMs: number;
   private readonly upstream: { readonly signer: Signer; readonly cert: CaCertificateInfo; readonly chainTail: readonly Buffer[]; readonly anchors: readonly X509Certificate[] } | undefined;
   private readonly onError: (err: unknown) => void;
+  private readonly onWarning: NonNullable<CertificateAuthorityOptions['onWarning']>;
+  private readonly rules: { readonly x509: PublicationRules; readonly jwt: PublicationRules };
 
   private x509: X509Slot[] = [];
   private jwt: JwtSlot[] = [];
@@ -184,6 +200,14 @@ export class CertificateAuthority {
   private rotating: Promise<void> = Promise.resolve();
   private saving: Promise<void> | undefined;
   private dirty = false;
+  /** The journal text of the last save that succeeded: an unchanged state is not written again. */
+  private savedJson: string | undefined;
+  /** Bundle contents the sequence was last bumped for, and last announced to listeners. */
+  private sequencedKey: string | undefined;
+  private announcedKey: string | undefined;
+  /** Keys dropped from the journal state, destroyed in the HSM once a save without them succeeded. */
+  private doomed: CaKeyHandle[] = [];
+  private readonly warned = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
 
@@ -197,6 +221,7 @@ export class CertificateAuthority {
     this.journal = o.journal;
     this.now = o.now ?? Date.now;
     this.onError = o.onError ?? (() => undefined);
+    this.onWarning = o.onWarning ?? (() => undefined);
     const schedule = { ...DEFAULT_SCHEDULE, ...o.schedule };
     if (!(schedule.activateAt > 0 && schedule.activateAt < schedule.prepareAt && schedule.prepareAt < 1)) {
       throw new CaConfigError('schedule', 'need 0 < activateAt < prepareAt < 1');
@@ -225,6 +250,37 @@ export class CertificateAuthority {
       throw new CaConfigError('jwt.keyTtlSeconds', `${o.jwt.keyTtlSeconds}s is under ${factor}× the longest JWT-SVID TTL (${o.jwt.svidMaxTtlSeconds}s)`);
     }
     this.upstream = o.x509.upstream ? this.checkUpstream(o.x509.upstream) : undefined;
+    this.rules = this.publicationRules(o.minPublishSeconds);
+  }
+
+  /**
+   * Agents fetch the bundle on every (re)connection and renew each SVID at half
+   * its life, so every agent that still holds a valid SVID has talked to the
+   * server within the longest X.509-SVID TTL: a key published that long has
+   * reached all of them. Never more than the prepare→activate gap, or the
+   * schedule could not be kept even when nothing goes wrong.
+   */
+  private publicationRules(configured: number | undefined): CertificateAuthority['rules'] {
+    const gap = (ttlMs: number): number => Math.floor((this.schedule.prepareAt - this.schedule.activateAt) * ttlMs);
+    const gaps = { x509: gap(this.caTtlMs), jwt: gap(this.jwtKeyTtlMs) };
+    let min: { x509: number; jwt: number };
+    if (configured === undefined) {
+      min = { x509: Math.min(this.x509MaxTtlMs, gaps.x509), jwt: Math.min(this.x509MaxTtlMs, gaps.jwt) };
+    } else {
+      if (!Number.isSafeInteger(configured) || configured < 0) throw new CaConfigError('minPublishSeconds', 'must be a non-negative integer');
+      for (const kind of ['x509', 'jwt'] as const) {
+        if (configured * 1000 > gaps[kind]) {
+          throw new CaConfigError('minPublishSeconds', `${configured}s exceeds the ${Math.floor(gaps[kind] / 1000)}s between preparing and activating a${kind === 'x509' ? 'n X.509 CA' : ' JWT'} key, so every rotation would be late`);
+        }
+      }
+      min = { x509: configured * 1000, jwt: configured * 1000 };
+    }
+    return { x509: { minPublishMs: min.x509, dropGraceMs: this.backdateMs }, jwt: { minPublishMs: min.jwt, dropGraceMs: this.backdateMs } };
+  }
+
+  /** The minimum publication time before activation, per kind (ms). */
+  get minPublishMs(): { readonly x509: number; readonly jwt: number } {
+    return { x509: this.rules.x509.minPublishMs, jwt: this.rules.jwt.minPublishMs };
   }
 
   private checkUpstream(u: UpstreamAuthority): NonNullable<CertificateAuthority['upstream']> {
@@ -275,7 +331,10 @@ export class CertificateAuthority {
   // ---- restart -------------------------------------------------------------
 
   private async restore(state: CaJournalState | undefined): Promise<void> {
-    if (!state) return;
+    if (!state) {
+      this.sequencedKey = this.announcedKey = this.bundleKey();
+      return;
+    }
     if (state.trustDomain !== this.trustDomain.name) {
       throw new CaConfigError('trustDomain', `the journal belongs to trust domain ${state.trustDomain}`);
     }
@@ -294,6 +353,12 @@ export class CertificateAuthority {
       const key = await this.findJournalKey(j.label, j.keyId);
       this.jwt.push(this.jwtSlot(j.index, j.state, key, j.kid, j.notBeforeMs, j.notAfterMs, j.issuedUntilMs));
     }
+    // Whether agents fetched a prepared key before the restart is unknown (the server
+    // may have been down since just after preparing it): its publication starts now.
+    const openedAt = this.now();
+    for (const s of [...this.x509, ...this.jwt]) if (s.state === 'prepared') s.publishedSinceMs = openedAt;
+    this.savedJson = JSON.stringify(state);
+    this.sequencedKey = this.announcedKey = this.bundleKey();
     this.refreshActive();
   }
 
@@ -359,24 +424,50 @@ export class CertificateAuthority {
     };
   }
 
-  /** Saves the current state; concurrent callers share writes, each resolving after one that includes its change. */
+  /**
+   * Saves the current state; concurrent callers share writes, each resolving
+   * after one that includes its change. A state equal to the last one saved is
+   * not written again. A failed save rejects with CaJournalWriteError; the next
+   * call tries again with whatever the state is then.
+   */
   private persist(): Promise<void> {
     this.dirty = true;
     if (!this.saving) {
-      this.saving = (async () => {
-        try {
-          while (this.dirty) {
-            this.dirty = false;
-            const snap = this.snapshot();
-            await this.journal.save(snap.state);
-            snap.commit();
+      const loop = async (): Promise<void> => {
+        while (this.dirty) {
+          this.dirty = false;
+          const snap = this.snapshot();
+          const json = JSON.stringify(snap.state);
+          if (json !== this.savedJson) {
+            try {
+              await this.journal.save(snap.state);
+            } catch (e) {
+              throw new CaJournalWriteError(e);
+            }
+            this.savedJson = json;
           }
-        } finally {
-          this.saving = undefined;
+          snap.commit();
         }
-      })();
+      };
+      // Cleared in a callback, not a `finally` inside the loop: with nothing to write the loop
+      // finishes synchronously, before the assignment, which would then stick for good.
+      this.saving = loop().finally(() => {
+        this.saving = undefined;
+      });
     }
     return this.saving;
+  }
+
+  /**
+   * The journal write an issuance depends on, settled into a value so that it
+   * can run alongside the HSM signature without ever being an unhandled
+   * rejection (the signature may fail first, and then nobody awaits it).
+   */
+  private static settled(p: Promise<void> | undefined): Promise<unknown> | undefined {
+    return p?.then(
+      () => undefined,
+      (e: unknown) => e ?? new CaJournalWriteError(e),
+    );
   }
 
   /**
@@ -438,7 +529,7 @@ export class CertificateAuthority {
     if (!slot || slot.notAfterMs <= now) throw new CaStateError('no active X.509 CA key (rotation has not run or the CA expired)');
     const notBeforeMs = Math.max(floorSecond(now - this.backdateMs), slot.notBeforeMs);
     const notAfterMs = Math.min(floorSecond(now + p.ttlMs), slot.notAfterMs);
-    const durable = this.noteIssued(slot, notAfterMs, this.x509MaxTtlMs);
+    const durable = CertificateAuthority.settled(this.noteIssued(slot, notAfterMs, this.x509MaxTtlMs));
     const serial = randomSerial();
     const tbs = slot.template.buildTbs({
       serial,
@@ -450,8 +541,10 @@ export class CertificateAuthority {
       subjectKeyId: p.csr.subjectKeyId,
     });
     const sig = await slot.signer.sign(tbs);
-    // The journal write (rare) overlaps the HSM signature; the SVID leaves only once both are done.
-    if (durable) await durable;
+    // The journal write (rare) overlaps the HSM signature; the SVID leaves only once both are done,
+    // and not at all if the journal could not record the key's new bound.
+    const failed = durable && (await durable);
+    if (failed) throw failed;
     return {
       certDer: slot.template.wrap(tbs, sig),
       chainDer: this.upstream ? [slot.cert.der, ...this.upstream.chainTail] : [],
@@ -493,9 +586,10 @@ export class CertificateAuthority {
     if (!slot || slot.notAfterMs <= now) throw new CaStateError('no active JWT key (rotation has not run or the key expired)');
     const issuedAt = floorSecond(now);
     const expiresAt = Math.min(floorSecond(now + ttlMs), slot.notAfterMs);
-    const durable = this.noteIssued(slot, expiresAt, this.jwtMaxTtlMs);
+    const durable = CertificateAuthority.settled(this.noteIssued(slot, expiresAt, this.jwtMaxTtlMs));
     const token = await mintJwtSvid({ signer: slot.signer, sub: id, aud: audience, expiresAt: new Date(expiresAt), issuedAt: new Date(issuedAt) });
-    if (durable) await durable;
+    const failed = durable && (await durable);
+    if (failed) throw failed;
     return { token, spiffeId: id.toString(), audience: [...audience], kid: slot.kid, issuedAt: new Date(issuedAt), expiresAt: new Date(expiresAt), keyLabel: slot.label };
   }
 
@@ -523,6 +617,23 @@ export class CertificateAuthority {
     return [...this.x509.map((s) => slotStatus('x509', s)), ...this.jwt.map((s) => slotStatus('jwt', s))];
   }
 
+  /** Whether both kinds have an active, unexpired key (for /ready). */
+  ready(): boolean {
+    if (this.closed) return false;
+    const now = this.now();
+    return Boolean(this.activeX509 && this.activeX509.notAfterMs > now && this.activeJwt && this.activeJwt.notAfterMs > now);
+  }
+
+  /**
+   * Whether the key store can sign with the active keys right now (logged in,
+   * token present, keys there), when it can tell; signs nothing. For /ready.
+   */
+  async canSign(): Promise<boolean> {
+    if (!this.ready()) return false;
+    const keys = [this.activeX509!.key, this.activeJwt!.key];
+    return this.keys.canSign ? this.keys.canSign(keys) : true;
+  }
+
   /** The active CA certificate (DER), which signs new X.509-SVIDs. */
   activeCaCertificate(): Buffer | undefined {
     return this.activeX509?.cert.der;
@@ -544,14 +655,13 @@ export class CertificateAuthority {
 
   private async rotateNow(nowMs: number): Promise<void> {
     if (this.closed) return;
-    const before = this.bundleKey();
-    const doomed: CaKeyHandle[] = [];
     try {
       for (const kind of ['x509', 'jwt'] as const) {
+        const rules = this.rules[kind];
         // Each pass either changes a state or stops; the bound only guards against a bug looping.
         for (let i = 0; i < 16; i++) {
           const slots: Slot[] = kind === 'x509' ? this.x509 : this.jwt;
-          const step = nextRotationStep(slots, nowMs, this.schedule);
+          const step = nextRotationStep(slots, nowMs, this.schedule, rules);
           if (!step) break;
           if (step.kind === 'prepare') {
             await (kind === 'x509' ? this.prepareX509Key(nowMs) : this.prepareJwtKey(nowMs));
@@ -559,24 +669,39 @@ export class CertificateAuthority {
             for (const s of slots) if (s.state === 'active') s.state = 'old';
             const next = slots.find((s) => s.index === step.index);
             if (next) next.state = 'active';
+            if (step.underPublishedMs !== undefined && next) {
+              this.warnOnce(`${kind}:${step.index}:forced`, `CA: activated ${next.label} after less than the minimum publication time, because the active key expired; agents that have not fetched the bundle since must recover it`, {
+                key: next.label,
+                publishedSeconds: Math.round((rules.minPublishMs - step.underPublishedMs) / 1000),
+                minPublishSeconds: Math.round(rules.minPublishMs / 1000),
+              });
+            }
           } else {
             const gone = slots.find((s) => s.index === step.index);
             if (kind === 'x509') this.x509 = this.x509.filter((s) => s.index !== step.index);
             else this.jwt = this.jwt.filter((s) => s.index !== step.index);
-            if (gone) doomed.push(gone.key);
+            if (gone) this.doomed.push(gone.key);
           }
           this.refreshActive();
         }
+        this.warnDeferred(kind, nowMs);
       }
     } finally {
-      const changed = this.bundleKey() !== before;
-      if (changed) this.sequence++;
+      const key = this.bundleKey();
+      if (key !== this.sequencedKey) {
+        this.sequence++;
+        this.sequencedKey = key;
+      }
+      // Throws when the store refuses the write: then nothing is announced or destroyed, and the next round retries.
       await this.persist();
       // Keys leave the HSM only once the journal no longer names them.
-      for (const key of doomed) {
-        await this.keys.destroyKey(key).catch((e: unknown) => this.onError(e));
+      const doomed = this.doomed;
+      this.doomed = [];
+      for (const k of doomed) {
+        await this.keys.destroyKey(k).catch((e: unknown) => this.onError(e));
       }
-      if (changed) {
+      if (key !== this.announcedKey) {
+        this.announcedKey = key;
         const b = this.bundle();
         for (const l of this.listeners) {
           try {
@@ -587,6 +712,27 @@ export class CertificateAuthority {
         }
       }
     }
+  }
+
+  private warnOnce(id: string, message: string, fields: Record<string, string | number>): void {
+    if (this.warned.has(id)) return;
+    this.warned.add(id);
+    try {
+      this.onWarning(message, fields);
+    } catch (e) {
+      this.onError(e);
+    }
+  }
+
+  private warnDeferred(kind: 'x509' | 'jwt', nowMs: number): void {
+    const slots: Slot[] = kind === 'x509' ? this.x509 : this.jwt;
+    const maxTtl = kind === 'x509' ? this.x509MaxTtlMs : this.jwtMaxTtlMs;
+    const d = deferredActivation(slots, nowMs, this.schedule, this.rules[kind], maxTtl);
+    if (!d) return;
+    const label = slots.find((s) => s.index === d.index)?.label ?? String(d.index);
+    const fields = { key: label, publishedSeconds: Math.round(d.publishedMs / 1000), minPublishSeconds: Math.round(this.rules[kind].minPublishMs / 1000) };
+    this.warnOnce(`${kind}:${d.index}:deferred`, `CA: activation of ${label} is due but held back until it has been published long enough; the active key signs meanwhile`, fields);
+    if (!d.fullTtl) this.warnOnce(`${kind}:${d.index}:short`, `CA: activation of ${label} still held back; SVIDs are cut short at the end of the active key`, fields);
   }
 
   private async newKey(kind: 'x509-ca' | 'jwt', type: CaKeyType): Promise<{ index: number; key: CaKeyHandle }> {
@@ -624,6 +770,7 @@ export class CertificateAuthority {
       await this.keys.destroyKey(key).catch(() => undefined);
       throw e;
     }
+    slot.publishedSinceMs = nowMs;
     this.x509.push(slot);
     await this.persist();
   }
@@ -631,7 +778,9 @@ export class CertificateAuthority {
   private async prepareJwtKey(nowMs: number): Promise<void> {
     const { index, key } = await this.newKey('jwt', this.jwtKeyType);
     const kid = key.id.toString('base64url');
-    this.jwt.push(this.jwtSlot(index, 'prepared', key, kid, floorSecond(nowMs), floorSecond(nowMs + this.jwtKeyTtlMs), null));
+    const slot = this.jwtSlot(index, 'prepared', key, kid, floorSecond(nowMs), floorSecond(nowMs + this.jwtKeyTtlMs), null);
+    slot.publishedSinceMs = nowMs;
+    this.jwt.push(slot);
     await this.persist();
   }
 

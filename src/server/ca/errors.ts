@@ -42,8 +42,21 @@ export class CaIssueError extends Error {
 
 /** The journal is unreadable or disagrees with the HSM (a key it names is gone, or differs). */
 export class CaStateError extends Error {
-  override readonly name = 'CaStateError';
+  override readonly name: string = 'CaStateError';
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
+  }
+}
+
+/**
+ * The journal could not be saved (the store refused the write: disk full, I/O
+ * error…). What depended on it is refused rather than issued: an SVID whose
+ * key's bound is not durable could outlive that key in the bundle. The next
+ * issuance or rotation tries the write again, so service resumes by itself.
+ */
+export class CaJournalWriteError extends CaStateError {
+  override readonly name: string = 'CaJournalWriteError';
+  constructor(cause: unknown) {
+    super(`the CA journal could not be saved, so nothing that depends on it is issued: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
   }
 }

@@ -19,6 +19,8 @@ export interface CaKeyStore {
   findKey(opts: { label?: string; id?: Buffer }): Promise<CaKeyHandle | undefined>;
   destroyKey(key: CaKeyHandle): Promise<void>;
   signer(key: CaKeyHandle, algorithm?: SignatureAlgorithm): Signer;
+  /** Whether these keys can sign right now (logged in, token present, keys there), without signing. Optional. */
+  canSign?(keys: readonly CaKeyHandle[]): Promise<boolean>;
 }
 
 export function algorithmForKeyType(type: CaKeyType): SignatureAlgorithm {

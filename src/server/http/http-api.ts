@@ -36,6 +36,8 @@ export interface HttpApiOptions {
   readonly adminIds?: readonly (SpiffeId | string)[];
   /** Readiness of the CA (an active signing key); default: the bundle has an authority. */
   readonly caReady?: () => boolean | Promise<boolean>;
+  /** Whether the HSM can sign with the CA's keys now; /ready reports it as `hsm`. */
+  readonly hsmReady?: () => boolean | Promise<boolean>;
   /** CA keys for the expiry gauge (CertificateAuthority.status fits). */
   readonly caStatus?: () => readonly CaKeyStatus[];
   /** TLS of the public listener (PEM); absent = plain HTTP. */
@@ -172,7 +174,7 @@ export function createHttpApi(o: HttpApiOptions): HttpApi {
   prepareInstance(pub, o, metrics, rawBodies);
   prepareInstance(admin, o, metrics, rawBodies);
 
-  const health = { store: o.store, bundles: o.bundles, ...(o.caReady ? { caReady: o.caReady } : {}) };
+  const health = { store: o.store, bundles: o.bundles, ...(o.caReady ? { caReady: o.caReady } : {}), ...(o.hsmReady ? { hsmReady: o.hsmReady } : {}) };
   const adminDeps = (authenticate: Authenticate) => ({
     store: o.store,
     bundles: o.bundles,

@@ -18,6 +18,8 @@ export interface HealthDeps {
   readonly bundles: BundleProvider;
   /** True when the CA has an active signing key; default: the bundle has an authority. */
   readonly caReady?: () => boolean | Promise<boolean>;
+  /** True when the HSM can sign with the CA's active keys (logged in, token there); absent: not checked. */
+  readonly hsmReady?: () => boolean | Promise<boolean>;
 }
 
 async function check(fn: () => unknown): Promise<'ok' | 'failing'> {
@@ -34,8 +36,9 @@ export function registerHealthRoutes(app: FastifyInstance, deps: HealthDeps): vo
     const checks = {
       store: await check(() => deps.store.currentRevision()),
       ca: await check(() => (deps.caReady ? deps.caReady() : !deps.bundles.bundle().isEmpty)),
+      ...(deps.hsmReady ? { hsm: await check(deps.hsmReady) } : {}),
     };
-    if (checks.store !== 'ok' || checks.ca !== 'ok') {
+    if (Object.values(checks).some((v) => v !== 'ok')) {
       const failing = Object.entries(checks).flatMap(([k, v]) => (v === 'ok' ? [] : [k]));
       throw new ProblemError(503, 'not-ready', `not ready: ${failing.join(', ')} failing`, { checks });
     }
