@@ -10,24 +10,28 @@
  *   trusted next to the bootstrap bundle for the server's certificate, so a
  *   restart after a CA rotation still reaches the server.
  *
- * The agent SVID's private key is never written to disk: it lives in memory
- * and a restarted agent attests again (one round trip with the TPM). Nothing
- * that could be copied off the machine to impersonate the node is stored.
+ * - `agent-key-<ek>.json` (0600): the agent key's public area and its private
+ *   area wrapped by the TPM (useless off this TPM), unless
+ *   `tpm.agent_key_persistent_handle` keeps the key in the TPM itself.
+ *
+ * The agent SVID certifies the agent key, which the TPM made and never lets
+ * out (fixedTPM, fixedParent): every connection to the server is bound to it
+ * by a TPM signature, so nothing that could be copied off the machine lets
+ * anyone else act as the node. A restarted agent attests again.
  */
 import { derToPem } from '../spiffe/der.js';
-import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { chmod, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AgentConfig } from '../config/index.js';
-import type { Logger } from '../log/index.js';
+import { auditLog, type Logger } from '../log/index.js';
 import { parseDerCertificates } from '../spiffe/index.js';
 import type { TrustDomain } from '../spiffe/id.js';
-import { TpmDevice, type AkBlobs } from '../tpm/device.js';
+import { TpmDevice, type AgentKeyHandle, type AkBlobs } from '../tpm/device.js';
 import { TpmObjectError } from '../tpm/tpm-error.js';
-import { attestNode, NodeApiError, renewAgentSvid, type AgentSvid } from './attestation/index.js';
+import { attestNode, checkNode, NodeApiError, renewAgentSvid, tpmAgentKey, type AgentKey, type AgentSvid } from './attestation/index.js';
 import { AgentSvidRotator, Backoff, formatDelay, SvidManager, type AgentIdentity, type BackoffOptions } from './manager/index.js';
 import { NodeSession } from './node-client.js';
-import { startWorkloadApiServer, type WorkloadApiServer, type WorkloadAuditEvent } from './workload/index.js';
+import { startWorkloadApiServer, workloadAuditEvent, type WorkloadApiServer, type WorkloadAuditEvent } from './workload/index.js';
 import type { BundleSnapshot } from './workload/identity-source.js';
 
 export const DEFAULT_EVENT_LOG = '/sys/kernel/security/tpm0/binary_bios_measurements';
@@ -75,10 +79,6 @@ export interface RunningAgent {
   renewAgentSvidNow(): Promise<void>;
   /** Stops serving (streams end with UNAVAILABLE), closes the server connection and the TPM. */
   stop(): Promise<void>;
-}
-
-function newTlsKey(): KeyObject {
-  return generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
 }
 
 /** Writes a file so that a crash leaves the old or the new content, never a mix. */
@@ -130,6 +130,48 @@ async function persistentAk(handle: number, config: AgentConfig, device: TpmDevi
   return handle;
 }
 
+/**
+ * The agent key, loaded for the agent's lifetime: at its persistent handle
+ * (made and persisted there once), or from blobs in data_dir (made once).
+ */
+async function openAgentKey(config: AgentConfig, device: TpmDevice, log: Logger): Promise<AgentKeyHandle> {
+  const ek = config.tpm.ek_kind;
+  const handle = config.tpm.agent_key_persistent_handle;
+  if (handle !== undefined) {
+    const hex = `0x${handle.toString(16)}`;
+    try {
+      const key = await device.agentKeyFromPersistent(handle);
+      log.info('using the persistent agent key', { handle: hex });
+      return key;
+    } catch (e) {
+      if (!(e instanceof TpmObjectError)) throw e;
+    }
+    const loaded = await device.loadAgentKey(ek, await device.createAgentKey(ek));
+    try {
+      await device.persistAk(loaded, handle);
+    } finally {
+      await device.flush(loaded);
+    }
+    log.info('created a new agent key in the TPM and made it persistent', { handle: hex });
+    return device.agentKeyFromPersistent(handle);
+  }
+  const file = join(config.data_dir, `agent-key-${ek}.json`);
+  try {
+    const doc = JSON.parse(await readFile(file, 'utf8')) as { public?: unknown; private?: unknown };
+    if (typeof doc.public === 'string' && typeof doc.private === 'string') {
+      return await device.loadAgentKey(ek, { public: Buffer.from(doc.public, 'base64'), private: Buffer.from(doc.private, 'base64') });
+    }
+    log.warn('the saved agent key is malformed: creating a new one', { file });
+  } catch (e) {
+    if (e instanceof TpmObjectError) log.warn('the saved agent key does not load in this TPM: creating a new one', { file, err: e });
+    else if ((e as NodeJS.ErrnoException).code !== 'ENOENT' && !(e instanceof SyntaxError)) throw e;
+  }
+  const blobs = await device.createAgentKey(ek);
+  await writeAtomically(file, JSON.stringify({ public: blobs.public.toString('base64'), private: blobs.private.toString('base64') }));
+  log.info('created a new agent key in the TPM', { file });
+  return device.loadAgentKey(ek, blobs);
+}
+
 interface CachedBundle {
   readonly trust_domain: string;
   readonly x509_der: string;
@@ -154,8 +196,8 @@ function derBundleToPem(der: Buffer): string {
     .join('');
 }
 
-function identityOf(svid: AgentSvid, key: KeyObject): AgentIdentity {
-  return { spiffeId: svid.spiffeId, chain: svid.svidChain, key, expiresAt: svid.expiresAt, bundle: svid.bundle };
+function identityOf(svid: AgentSvid, key: AgentKey): AgentIdentity {
+  return { spiffeId: svid.spiffeId, chain: svid.svidChain, sign: (d) => key.sign(d), expiresAt: svid.expiresAt, bundle: svid.bundle };
 }
 
 function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
@@ -201,14 +243,18 @@ export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
   let manager: SvidManager | undefined;
   let rotator: AgentSvidRotator | undefined;
   let workload: WorkloadApiServer | undefined;
+  let agentKeyHandle: AgentKeyHandle | undefined;
+  let checker: { stop(): Promise<void> } | undefined;
   try {
     const akRef = config.tpm.ak_persistent_handle !== undefined
       ? { akPersistentHandle: await persistentAk(config.tpm.ak_persistent_handle, config, device, log) }
       : { akBlobs: await loadOrCreateAk(config, device, log) };
+    agentKeyHandle = await openAgentKey(config, device, log);
+    const agentKey = tpmAgentKey(device, agentKeyHandle);
+    const keyHandle = agentKeyHandle;
     const attest = async (): Promise<AgentIdentity> => {
-      const key = newTlsKey();
-      const svid = await attestNode({ device, ekKind, ...akRef, csrKey: key, eventLogPath, serverAddress, serverCaBundle: serverTrust(), trustDomain: td.name });
-      return identityOf(svid, key);
+      const svid = await attestNode({ device, ekKind, ...akRef, agentKey: keyHandle, eventLogPath, serverAddress, serverCaBundle: serverTrust(), trustDomain: td.name });
+      return identityOf(svid, agentKey);
     };
 
     // Attestation at start-up: retried while the server cannot be reached, fatal when refused.
@@ -240,50 +286,82 @@ export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
       initialX509Bundle: identity.bundle,
       agentSvidExpiresAt: identity.expiresAt,
       onBundles: saveBundle,
+      onIdentityLost: (reason, detail) => loseIdentity(reason, detail),
       ...(o.tuning?.backoff ? { backoff: o.tuning.backoff } : {}),
     });
     const m = manager;
     const s = session;
+    // Set when the server says the agent SVID no longer counts: the next renewal is a full attestation.
+    let lost = false;
+    const loseIdentity = (reason: string, detail: string): void => {
+      if (lost) return;
+      lost = true;
+      log.error(`the server no longer accepts this node's identity (${reason}): dropping every SVID and attesting again`, { reason, detail });
+      m.revokeIdentity(reason);
+      void rotator?.renewNow();
+    };
     rotator = new AgentSvidRotator({
       initial: identity,
       logger: log.child({ component: 'agent-svid' }),
       ...(o.tuning?.backoff ? { backoff: o.tuning.backoff } : {}),
       renew: async (current) => {
-        // An expired SVID cannot authenticate a renewal: attest from the start.
-        if (current.expiresAt.getTime() <= Date.now()) return attest();
-        const key = newTlsKey();
+        // An expired or disowned SVID cannot authenticate a renewal: attest from the start.
+        if (lost || current.expiresAt.getTime() <= Date.now()) {
+          const next = await attest();
+          lost = false;
+          return next;
+        }
         const svid = await renewAgentSvid({
           device,
           ekKind,
           ...akRef,
-          svid: { chain: current.chain, key: current.key },
-          csrKey: key,
+          svid: current,
+          agentKey: keyHandle,
+          exchange: (method, params, answer) => s.exchange(method, params, answer),
           eventLogPath,
           serverAddress,
           serverCaBundle: serverTrust(),
           trustDomain: td.name,
         });
-        return identityOf(svid, key);
+        return identityOf(svid, agentKey);
       },
       onRenewed: (next) => {
-        s.setSvid({ chain: next.chain, key: next.key });
+        s.setSvid(next);
         m.setAgentSvidExpiry(next.expiresAt);
       },
     });
     manager.start();
     rotator.start();
+    checker = startContinuousAttestation({
+      intervalMs: config.attestation_interval * 1000,
+      log: log.child({ component: 'attestation' }),
+      check: (lastEventLogSha256) =>
+        checkNode({ exchange: (method, params, answer) => s.exchange(method, params, answer), device, ekKind, ...akRef, eventLogPath, ...(lastEventLogSha256 ? { lastEventLogSha256 } : {}) }),
+      skip: () => lost || !m.agentActive,
+      onLost: (reason, detail) => loseIdentity(reason, detail),
+    });
     const ready = await manager.ready(o.tuning?.readyTimeoutMs ?? 10_000);
     if (!ready) log.warn('no entries from the server yet: the Workload API opens anyway and serves them when they come');
 
-    const wlLog = log.child({ component: 'workload-api' });
+    // Issued and refused identities are audit lines (`audit: true`), like the server's svid.* events.
+    const wlAudit = auditLog(log.child({ component: 'workload-api' }));
+    const wl = config.workload_api;
     workload = await startWorkloadApiServer({
-      socketPath: config.workload_api.socket_path,
+      socketPath: wl.socket_path,
       source: manager,
-      audit: o.audit ?? ((e) => (e.outcome === 'issued' ? wlLog.info('identity issued', { ...e }) : wlLog.warn('identity refused', { ...e }))),
+      audit: o.audit ?? ((e) => wlAudit.record(workloadAuditEvent(e))),
+      idleConnectionTimeoutMs: wl.idle_timeout * 1000,
+      limits: {
+        maxConnections: wl.max_connections,
+        maxConnectionsPerUid: wl.max_connections_per_uid,
+        maxStreamsPerUid: wl.max_streams_per_uid,
+        firstCallTimeoutMs: wl.first_call_timeout * 1000,
+      },
     });
     log.info('Workload API listening', { socketPath: workload.socketPath, entries: manager.stats.entries, svids: manager.stats.svids });
   } catch (e) {
     await workload?.stop(500).catch(() => undefined);
+    await checker?.stop();
     await rotator?.stop();
     manager?.stop();
     session?.close();
@@ -295,6 +373,7 @@ export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
   const mgr = manager;
   const rot = rotator;
   const sess = session;
+  const chk = checker;
   let stopping: Promise<void> | undefined;
   return {
     agentId: rot.current.spiffeId,
@@ -309,6 +388,7 @@ export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
       stopping ??= (async () => {
         log.info('agent stopping');
         await wl.stop();
+        await chk?.stop();
         await rot.stop();
         mgr.stop();
         sess.close();
@@ -316,6 +396,51 @@ export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
         log.info('agent stopped');
       })();
       return stopping;
+    },
+  };
+}
+
+/** Refusals of a continuous attestation that mean the node no longer holds its identity. */
+const LOST_ON_CHECK: ReadonlySet<string> = new Set(['policy', 'eventlog-replay', 'pcr-digest', 'clock-rollback', 'not-active', 'superseded', 'banned', 'unknown-node', 'ak-changed']);
+
+/**
+ * A fresh quote every interval on the existing server connection. The TPM
+ * work runs off the main thread and the Workload API answers from memory, so
+ * a slow TPM delays a quote, never a workload's answer.
+ */
+function startContinuousAttestation(o: {
+  readonly intervalMs: number;
+  readonly log: Logger;
+  readonly check: (lastEventLogSha256: Buffer | undefined) => Promise<{ eventLogSha256: Buffer }>;
+  readonly skip: () => boolean;
+  readonly onLost: (reason: string, detail: string) => void;
+}): { stop(): Promise<void> } | undefined {
+  if (o.intervalMs <= 0) return undefined;
+  let last: Buffer | undefined;
+  let running: Promise<void> | undefined;
+  let stopped = false;
+  const once = async (): Promise<void> => {
+    if (stopped || o.skip()) return;
+    try {
+      last = (await o.check(last)).eventLogSha256;
+    } catch (e) {
+      const err = NodeApiError.from(e);
+      if (LOST_ON_CHECK.has(err.reason)) {
+        last = undefined;
+        o.onLost(err.reason, err.detail);
+      } else {
+        o.log.warn(`continuous attestation failed (${err.reason}); trying again in ${formatDelay(o.intervalMs)}`, { reason: err.reason, detail: err.detail });
+      }
+    }
+  };
+  const timer = setInterval(() => {
+    running ??= once().finally(() => (running = undefined));
+  }, o.intervalMs);
+  return {
+    async stop() {
+      stopped = true;
+      clearInterval(timer);
+      await running;
     },
   };
 }

@@ -8,11 +8,20 @@
  * as ended so that the manager reconnects; keepalive pings find a server
  * that vanished without closing the connection.
  */
-import { derToPem } from '../spiffe/der.js';
-import type { KeyObject } from 'node:crypto';
-import type { PeerCertificate } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
-import { NodeApiError, type WireSyncEntries, type WireX509SvidResult } from './attestation/index.js';
+import {
+  BoundChannelCredentials,
+  NodeApiError,
+  runExchange,
+  type AgentCredential,
+  type ExchangeMethod,
+  type WireAnswer,
+  type WireAttestResult,
+  type WireChallenge,
+  type WireParams,
+  type WireSyncEntries,
+  type WireX509SvidResult,
+} from './attestation/index.js';
 import { nodeApiClientConstructor } from './attestation/proto.js';
 import type { NodeApi, SyncHandlers } from './manager/node-api.js';
 
@@ -22,8 +31,10 @@ export interface NodeSessionOptions {
   readonly trustDomain: string;
   /** PEM authorities the server's certificate must chain to; asked again each time the channel is rebuilt (the bundle rotates). */
   readonly serverTrust: () => string;
-  /** The agent SVID to present. */
-  readonly svid: { readonly chain: readonly Buffer[]; readonly key: KeyObject };
+  /** The agent SVID and its TPM-resident key: each connection is bound to it. */
+  readonly svid: AgentCredential;
+  /** The server refused a connection's binding (superseded, not-active, …): the agent's credential is dead. */
+  readonly onBindingRefused?: (e: NodeApiError) => void;
   /** Deadline of the unary calls (default 30 s). */
   readonly deadlineMs?: number;
   /** Keepalive ping interval on the channel (default 30 s). */
@@ -44,6 +55,7 @@ export class NodeSession implements NodeApi {
   readonly #serverId: string;
   #svid: NodeSessionOptions['svid'];
   #client: GrpcClient;
+  #creds!: BoundChannelCredentials;
   /** Set after a transport failure: the next call rebuilds the channel with the latest trust. */
   #stale = false;
   #closed = false;
@@ -57,22 +69,10 @@ export class NodeSession implements NodeApi {
   }
 
   #connect(): GrpcClient {
-    const creds = grpc.credentials.createSsl(
-      Buffer.from(this.#o.serverTrust()),
-      Buffer.from(this.#svid.key.export({ type: 'pkcs8', format: 'pem' })),
-      Buffer.from(this.#svid.chain.map((d) => derToPem(d)).join('')),
-      {
-        // TLS checks the chain against the trust; the name to check is the server's SPIFFE ID, not a host name.
-        checkServerIdentity: (_host: string, cert: PeerCertificate) => {
-          const uris = (cert.subjectaltname ?? '').split(', ').filter((s) => s.startsWith('URI:')).map((s) => s.slice(4));
-          return uris.length === 1 && uris[0] === this.#serverId ? undefined : new Error(`the server presented ${uris.join(', ') || 'no SPIFFE ID'}, not ${this.#serverId}`);
-        },
-      },
-    );
+    const creds = new BoundChannelCredentials({ trustPem: this.#o.serverTrust, serverId: this.#serverId, credential: () => this.#svid });
+    this.#creds = creds;
     const Ctor = nodeApiClientConstructor();
     return new Ctor(this.#o.address, creds, {
-      // SNI must be a host name, not an IP (RFC 6066); the server is checked by its SPIFFE ID above.
-      'grpc.ssl_target_name_override': 'keel-server',
       'grpc.default_authority': this.#o.address,
       'grpc.max_receive_message_length': 64 * 1024 * 1024,
       'grpc.keepalive_time_ms': this.#o.keepaliveMs ?? 30_000,
@@ -94,9 +94,25 @@ export class NodeSession implements NodeApi {
   }
 
   #failed(e: unknown): NodeApiError {
-    const err = NodeApiError.from(e);
+    let err = NodeApiError.from(e);
+    const refusal = this.#creds.lastRefusal;
+    if (err.reason === 'transport' && refusal) {
+      err = new NodeApiError(refusal.reason, grpc.status.UNAUTHENTICATED, refusal.detail);
+      this.#o.onBindingRefused?.(err);
+    }
     if (err.reason === 'transport') this.#stale = true;
     return err;
+  }
+
+  /** One challenge exchange (Check, RenewAgent) on the session's bound connection. */
+  exchange(method: ExchangeMethod, params: WireParams, answer: (challenge: WireChallenge) => Promise<WireAnswer>): Promise<WireAttestResult> {
+    let client: GrpcClient;
+    try {
+      client = this.#channel();
+    } catch (e) {
+      return Promise.reject(this.#failed(e));
+    }
+    return runExchange(client, method, params, answer, { deadline: Date.now() + (this.#o.deadlineMs ?? 30_000) }, (e) => this.#failed(e));
   }
 
   /** Presents a new agent SVID from now on; open sync streams move to the new channel. */

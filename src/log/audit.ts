@@ -10,9 +10,16 @@ export type AuditEvent =
   | { event: 'node.attestation_refused'; reason: string; detail: string; ekHash?: string; peer?: string }
   | { event: 'node.renewed'; agentId: string; serial: string; notAfter: string }
   | { event: 'node.renewal_refused'; agentId: string; reason: string; detail: string }
+  | { event: 'node.checked'; agentId: string; selectors: string[] }
+  | { event: 'node.check_refused'; agentId: string; reason: string; detail: string }
+  | { event: 'node.drifted'; agentId: string; reason: string; detail: string }
+  | { event: 'node.connection_refused'; agentId: string; reason: string; detail: string; peer: string }
+  | { event: 'node.connection_closed'; agentId: string; reason: string; peer: string }
   | { event: 'svid.x509_issued'; spiffeId: string; entryId: string; agentId: string; serial: string; notAfter: string; keyId?: string }
   | { event: 'svid.jwt_issued'; spiffeId: string; entryId: string; agentId: string; audience: string[]; notAfter: string; keyId?: string }
   | { event: 'svid.refused'; agentId: string; entryId: string; reason: string }
+  | { event: 'workload.issued'; rpc: string; spiffeIds: string[]; pid?: number; uid?: number; gid?: number }
+  | { event: 'workload.refused'; rpc: string; code: string; reason: string; pid?: number; uid?: number; gid?: number; selectors?: string[] }
   | { event: 'admin.change'; actor: string; action: string; target: string; detail?: Record<string, unknown> }
   | { event: 'admin.refused'; status: 401 | 403; reason: string; method: string; path: string; peer: string }
   | { event: 'ca.key_rotated'; kind: 'x509' | 'jwt'; keyId: string; state: string };

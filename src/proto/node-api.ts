@@ -12,6 +12,7 @@ export interface WireAttestParams {
   ek_certificate: Buffer;
   ak_public: Buffer;
   csr: Buffer;
+  agent_key_public: Buffer;
 }
 export interface WirePcrValues {
   bank: string;
@@ -23,6 +24,9 @@ export interface WireChallengeResponse {
   quote_signature: Buffer;
   pcr_values: WirePcrValues[];
   event_log: Buffer;
+  agent_key_certify: Buffer;
+  agent_key_certify_signature: Buffer;
+  event_log_sha256: Buffer;
 }
 export interface WireAttestRequest {
   step?: 'params' | 'challenge_response';

@@ -24,10 +24,7 @@ const toPem = (der: Buffer): string => new X509Certificate(der).toString();
 let hsm: HsmFixture;
 let tpm: TestTpm;
 let server: TestServer;
-const agentKey = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
 let rsaSvid: AgentSvid;
-/** The key of rsaSvid's leaf. */
-let renewedKey = agentKey;
 
 /** The EK hash computed from the EK certificate by openssl: independent of keel's TPM parsing. */
 async function ekHashByOpenssl(certNv: Buffer): Promise<string> {
@@ -55,7 +52,7 @@ afterAll(async () => {
 
 describe('attestation with swtpm and the swtpm-dev policy', () => {
   it('attests the RSA-2048 EK: agent SVID for the EK hash, node recorded with its selectors, audit line', async () => {
-    rsaSvid = await attestNode({ device: tpm.device, ekKind: 'rsa-2048', csrKey: agentKey, ...conn() });
+    rsaSvid = await attestNode({ device: tpm.device, ekKind: 'rsa-2048', agentKey: tpm.agentKey, ...conn() });
     const ekHash = await ekHashByOpenssl((await tpm.device.ekCertificate('rsa-2048'))!);
     expect(rsaSvid.spiffeId).toBe(`spiffe://${TD}/keel/agent/tpm/${ekHash}`);
 
@@ -80,7 +77,7 @@ describe('attestation with swtpm and the swtpm-dev policy', () => {
   });
 
   it('attests the ECC P-384 EK of the same TPM as another node', async () => {
-    const svid = await attestNode({ device: tpm.device, ekKind: 'ecc-p384', csrKey: agentKey, ...conn() });
+    const svid = await attestNode({ device: tpm.device, ekKind: 'ecc-p384', agentKey: tpm.agentKey, ...conn() });
     const ekHash = await ekHashByOpenssl((await tpm.device.ekCertificate('ecc-p384'))!);
     expect(svid.spiffeId).toBe(`spiffe://${TD}/keel/agent/tpm/${ekHash}`);
     expect(svid.spiffeId).not.toBe(rsaSvid.spiffeId);
@@ -92,7 +89,7 @@ describe('attestation with swtpm and the swtpm-dev policy', () => {
     const ekHash = rsaSvid.spiffeId.split('/').pop()!;
     const s2 = await startServer(hsm.hsm, { allowList: [ekHash] });
     try {
-      const svid = await attestNode({ device: tpm.device, ekKind: 'rsa-2048', akBlobs: rsaSvid.akBlobs, csrKey: agentKey, serverAddress: s2.address, serverCaBundle: s2.caPem, trustDomain: TD });
+      const svid = await attestNode({ device: tpm.device, ekKind: 'rsa-2048', akBlobs: rsaSvid.akBlobs, agentKey: tpm.agentKey, serverAddress: s2.address, serverCaBundle: s2.caPem, trustDomain: TD });
       expect(svid.selectors).toContain(`tpm:ek-hash:${ekHash}`);
       expect(svid.selectors.some((s) => s.startsWith('tpm:ek-ca:'))).toBe(false);
     } finally {
@@ -102,13 +99,12 @@ describe('attestation with swtpm and the swtpm-dev policy', () => {
 
   it('renews the agent SVID over mTLS with a fresh quote; the SVID it replaced cannot renew again', async () => {
     const before = await server.store.getNode(SpiffeId.parse(rsaSvid.spiffeId));
-    const key2 = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
     const renewed = await renewAgentSvid({
       device: tpm.device,
       ekKind: 'rsa-2048',
       akBlobs: rsaSvid.akBlobs,
-      svid: { chain: rsaSvid.svidChain, key: agentKey },
-      csrKey: key2,
+      svid: tpm.credential(rsaSvid.svidChain),
+      agentKey: tpm.agentKey,
       ...conn(),
     });
     expect(renewed.spiffeId).toBe(rsaSvid.spiffeId);
@@ -120,12 +116,12 @@ describe('attestation with swtpm and the swtpm-dev policy', () => {
     expect(server.takeAudit()).toEqual([expect.objectContaining({ event: 'node.renewed', agentId: rsaSvid.spiffeId })]);
 
     // The old SVID is still within its validity, but it was replaced: renewing with it is refused.
-    const again = await renewAgentSvid({ device: tpm.device, ekKind: 'rsa-2048', akBlobs: rsaSvid.akBlobs, svid: { chain: rsaSvid.svidChain, key: agentKey }, csrKey: key2, ...conn() }).catch((e) => e);
+    const again = await renewAgentSvid({ device: tpm.device, ekKind: 'rsa-2048', akBlobs: rsaSvid.akBlobs, svid: tpm.credential(rsaSvid.svidChain), agentKey: tpm.agentKey, ...conn() }).catch((e) => e);
     expect(again).toBeInstanceOf(NodeApiError);
-    expect((again as NodeApiError).reason).toBe('not-active');
-    expect(server.takeAudit()).toEqual([expect.objectContaining({ event: 'node.renewal_refused', reason: 'not-active' })]);
+    // Refused at the channel binding, before any call: only the latest SVID of a node counts.
+    expect((again as NodeApiError).reason).toBe('superseded');
+    expect(server.takeAudit()).toEqual([expect.objectContaining({ event: 'node.connection_refused', reason: 'superseded' })]);
     rsaSvid = renewed;
-    renewedKey = key2;
   });
 
   it('renews the server SVID: new connections get the new certificate and still attest', async () => {
@@ -133,20 +129,19 @@ describe('attestation with swtpm and the swtpm-dev policy', () => {
     await new Promise((r) => setTimeout(r, 1100));
     await server.api.identity.renew();
     expect(server.api.identity.notAfter.getTime()).toBeGreaterThan(before.getTime());
-    const s = await attestNode({ device: tpm.device, ekKind: 'rsa-2048', akBlobs: rsaSvid.akBlobs, csrKey: agentKey, ...conn() });
+    const s = await attestNode({ device: tpm.device, ekKind: 'rsa-2048', akBlobs: rsaSvid.akBlobs, agentKey: tpm.agentKey, ...conn() });
     expect(s.spiffeId).toBe(rsaSvid.spiffeId);
     rsaSvid = s;
-    renewedKey = agentKey;
     server.takeAudit();
   });
 });
 
-function agentClient(svid: AgentSvid = rsaSvid, key = renewedKey): NodeApiClient {
+function agentClient(svid: AgentSvid = rsaSvid): NodeApiClient {
   return new NodeApiClient({
     address: server.address,
     serverCaBundle: server.caPem,
     trustDomain: TD,
-    clientSvid: { chainPem: svid.svidChain.map(toPem).join(''), key },
+    clientSvid: tpm.credential(svid.svidChain),
   });
 }
 
@@ -239,8 +234,8 @@ describe('drift out of policy', () => {
       device: tpm.device,
       ekKind: 'rsa-2048',
       akBlobs: rsaSvid.akBlobs,
-      svid: { chain: rsaSvid.svidChain, key: renewedKey },
-      csrKey: renewedKey,
+      svid: tpm.credential(rsaSvid.svidChain),
+      agentKey: tpm.agentKey,
       ...conn(),
     }).catch((e) => e);
     expect(refused).toBeInstanceOf(NodeApiError);
@@ -253,7 +248,7 @@ describe('drift out of policy', () => {
 
   it('a fresh attestation after the extend is refused too, and records nothing', async () => {
     const before = await server.nodes();
-    const refused = await attestNode({ device: tpm.device, ekKind: 'ecc-p384', csrKey: agentKey, ...conn() }).catch((e) => e);
+    const refused = await attestNode({ device: tpm.device, ekKind: 'ecc-p384', agentKey: tpm.agentKey, ...conn() }).catch((e) => e);
     expect((refused as NodeApiError).reason).toBe('policy');
     expect(server.takeAudit()).toEqual([expect.objectContaining({ event: 'node.attestation_refused', reason: 'policy' })]);
     expect(snapshot(await server.nodes())).toBe(snapshot(before));

@@ -17,7 +17,8 @@ import { NodeApiServer } from '../../src/server/node-api/index.js';
 import { loadPolicy, type FirmwarePolicy } from '../../src/policy/index.js';
 import { memoryAuditLog, type AuditEvent } from '../../src/log/index.js';
 import { TrustDomain } from '../../src/spiffe/id.js';
-import { TpmDevice } from '../../src/tpm/device.js';
+import { TpmDevice, type AgentKeyHandle } from '../../src/tpm/device.js';
+import { credentialOf, tpmAgentKey, type AgentCredential, type AgentKey } from '../../src/agent/attestation/index.js';
 
 export const TD = 'example.org';
 export const SWTPM_DEV_POLICY = new URL('../../firmware-policies/swtpm-dev.yaml', import.meta.url).pathname;
@@ -161,6 +162,12 @@ export async function startServer(hsm: Hsm, setup: ServerSetup = {}): Promise<Te
 export interface TestTpm {
   readonly sim: Swtpm;
   readonly device: TpmDevice;
+  /** An agent key made in this TPM and kept loaded (one of swtpm's three object slots). */
+  readonly agentKey: AgentKeyHandle;
+  /** The same key as a signer (CSR, channel binding). */
+  readonly key: AgentKey;
+  /** The credential of an agent SVID for this TPM's agent key. */
+  credential(chain: readonly Buffer[]): AgentCredential;
   close(): Promise<void>;
 }
 
@@ -168,9 +175,14 @@ export async function startTpm(): Promise<TestTpm> {
   const sim = await startSwtpm();
   try {
     const device = await TpmDevice.open(sim.tcti);
+    const agentKey = await device.loadAgentKey('rsa-2048', await device.createAgentKey('rsa-2048'));
+    const key = tpmAgentKey(device, agentKey);
     return {
       sim,
       device,
+      agentKey,
+      key,
+      credential: (chain) => credentialOf(chain, key),
       async close() {
         await device.close();
         await sim.stop();

@@ -3,14 +3,14 @@
  * activation, a quote over the PCRs the server asks for, the event log, and
  * the agent SVID back. Renewal repeats the quote over mTLS with the same AK.
  */
-import { derToPem } from '../../spiffe/der.js';
-import { X509Certificate, createPublicKey, type KeyObject } from 'node:crypto';
+import { X509Certificate, createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import type { AkBlobs, AkHandle, AkKind, EkKind, PcrBank, TpmDevice } from '../../tpm/device.js';
+import type { AgentKeyHandle, AkBlobs, AkHandle, AkKind, EkKind, PcrBank, TpmDevice } from '../../tpm/device.js';
 import { QuoteVerificationError, TPM_ALG, parseTpmtPublic, verifyQuote, type TpmlPcrSelection } from '../../tpm/index.js';
 import { bundleFromX509Der, verifyX509Svid } from '../../spiffe/index.js';
-import { buildCsr } from '../../spiffe/csr.js';
-import { NodeApiClient, type WireAnswer, type WireAttestResult, type WireChallenge } from './node-api-client.js';
+import { buildCsrWithSigner } from '../../spiffe/csr.js';
+import { tpmAgentKey, type AgentCredential, type AgentKey } from './credential.js';
+import { NodeApiClient, type Exchange, type WireAnswer, type WireAttestResult, type WireChallenge } from './node-api-client.js';
 
 /** Largest event log the agent sends (the server has its own cap). */
 export const MAX_EVENT_LOG_BYTES = 16 * 1024 * 1024;
@@ -38,8 +38,8 @@ export interface AttestNodeOptions extends ServerConnection {
   /** An AK persistent in the TPM at this handle (0x81xxxxxx): used instead of blobs. */
   readonly akPersistentHandle?: number;
   readonly akKind?: AkKind;
-  /** The agent's TLS key; the SVID certifies it. */
-  readonly csrKey: KeyObject;
+  /** The agent key, loaded in the same TPM: the SVID certifies it, the AK certifies that it lives there. */
+  readonly agentKey: AgentKeyHandle;
   /** Measured-boot log, e.g. /sys/kernel/security/tpm0/binary_bios_measurements; absent is fine (swtpm has none). */
   readonly eventLogPath?: string;
 }
@@ -62,13 +62,32 @@ export interface RenewAgentSvidOptions extends ServerConnection {
   /** The AK the node attested with: its blobs, or its persistent handle. */
   readonly akBlobs?: AkBlobs;
   readonly akPersistentHandle?: number;
-  /** The current agent SVID (chain DER, leaf first) and its key: the mTLS client identity. */
-  readonly svid: { readonly chain: readonly Buffer[]; readonly key: KeyObject };
-  /** The key the new SVID certifies (may be the same key). */
-  readonly csrKey: KeyObject;
+  /** The current agent SVID (chain DER, leaf first) with its key: the connection is bound to it. */
+  readonly svid: AgentCredential;
+  /** The agent key the new SVID certifies (the same TPM-resident key). */
+  readonly agentKey: AgentKeyHandle;
   readonly eventLogPath?: string;
+  /** Runs the exchange on an existing bound connection (the agent's NodeSession) instead of a new one. */
+  readonly exchange?: Exchange;
 }
 
+export interface CheckNodeOptions {
+  /** Runs the exchange on the agent's existing bound connection (NodeSession.exchange). */
+  readonly exchange: Exchange;
+  readonly device: TpmDevice;
+  readonly ekKind: EkKind;
+  readonly akBlobs?: AkBlobs;
+  readonly akPersistentHandle?: number;
+  readonly eventLogPath?: string;
+  /** SHA-256 of the log the server verified last: when the log is unchanged only this is sent. */
+  readonly lastEventLogSha256?: Buffer;
+}
+
+
+/** A CSR for the agent key, signed in the TPM. */
+function agentCsr(key: AgentKey): Promise<Buffer> {
+  return buildCsrWithSigner(key.publicKey, (tbs) => key.sign(tbs));
+}
 
 async function readEventLog(path: string | undefined): Promise<Buffer | undefined> {
   if (!path) return undefined;
@@ -125,11 +144,11 @@ export async function quoteForChallenge(
 }
 
 /** Checks what the server returned: an SVID for our key that verifies against the bundle it sent. */
-function acceptResult(r: WireAttestResult, key: KeyObject, trustDomain: string, akBlobs: AkBlobs | undefined): AgentSvid {
+function acceptResult(r: WireAttestResult, key: AgentKey, trustDomain: string, akBlobs: AkBlobs | undefined): AgentSvid {
   const chain = r.svid_chain.map((d) => new X509Certificate(d));
   const leaf = chain[0];
   if (!leaf) throw new AgentAttestationError('the server returned no SVID');
-  if (!leaf.publicKey.equals(createPublicKey(key))) throw new AgentAttestationError('the SVID does not certify the key of the CSR');
+  if (!leaf.publicKey.equals(key.publicKey)) throw new AgentAttestationError('the SVID does not certify the agent key');
   const id = verifyX509Svid(chain, bundleFromX509Der(trustDomain, r.bundle)).id;
   if (id.toString() !== r.spiffe_id) throw new AgentAttestationError(`the SVID names ${id.toString()}, the server said ${r.spiffe_id}`);
   return { spiffeId: r.spiffe_id, svidChain: r.svid_chain, bundle: r.bundle, expiresAt: new Date(r.expires_at * 1000), selectors: r.selectors, akBlobs };
@@ -150,46 +169,82 @@ export async function attestNode(o: AttestNodeOptions): Promise<AgentSvid> {
   const ekPublic = await o.device.ekPublic(o.ekKind);
   const ekCertificate = await o.device.ekCertificate(o.ekKind);
   const akBlobs = o.akPersistentHandle !== undefined ? undefined : (o.akBlobs ?? (await o.device.createAk(o.ekKind, o.akKind ?? 'ecc-p256')));
-  const csr = buildCsr(o.csrKey);
+  const key = tpmAgentKey(o.device, o.agentKey);
+  const csr = await agentCsr(key);
   const eventLog = await readEventLog(o.eventLogPath);
   const { handle: ak, public: akPublic } = await openAk(o.device, o.ekKind, { akBlobs, akPersistentHandle: o.akPersistentHandle });
   const client = new NodeApiClient({ address: o.serverAddress, serverCaBundle: o.serverCaBundle, trustDomain: o.trustDomain });
   try {
     const result = await client.exchange(
       'Attest',
-      { ek_public: ekPublic, ek_certificate: ekCertificate ?? Buffer.alloc(0), ak_public: akPublic, csr },
+      { ek_public: ekPublic, ek_certificate: ekCertificate ?? Buffer.alloc(0), ak_public: akPublic, csr, agent_key_public: o.agentKey.public },
       async (challenge) => {
         const secret = await o.device.activateCredential(ak, o.ekKind, challenge.credential_blob, challenge.encrypted_secret);
         const quoted = await quoteForChallenge(o.device, ak, akPublic, challenge);
-        return { secret, ...quoted, event_log: eventLog ?? Buffer.alloc(0) };
+        const certified = await o.device.certify(o.agentKey, ak, challenge.nonce);
+        return { secret, ...quoted, event_log: eventLog ?? Buffer.alloc(0), agent_key_certify: certified.attest, agent_key_certify_signature: certified.signature };
       },
     );
-    return acceptResult(result, o.csrKey, o.trustDomain, akBlobs);
+    return acceptResult(result, key, o.trustDomain, akBlobs);
   } finally {
     client.close();
     await o.device.flush(ak);
   }
 }
 
-/** Renews the agent SVID over mTLS with a fresh quote from the same AK. */
+/** Renews the agent SVID on a connection bound to the current one, with a fresh quote from the same AK. */
 export async function renewAgentSvid(o: RenewAgentSvidOptions): Promise<AgentSvid> {
-  const csr = buildCsr(o.csrKey);
+  const key = tpmAgentKey(o.device, o.agentKey);
+  const csr = await agentCsr(key);
   const eventLog = await readEventLog(o.eventLogPath);
   const { handle: ak, public: akPublic } = await openAk(o.device, o.ekKind, o);
-  const client = new NodeApiClient({
-    address: o.serverAddress,
-    serverCaBundle: o.serverCaBundle,
-    trustDomain: o.trustDomain,
-    clientSvid: { chainPem: o.svid.chain.map((d) => derToPem(d)).join(''), key: o.svid.key },
-  });
+  const client = o.exchange ? undefined : new NodeApiClient({ address: o.serverAddress, serverCaBundle: o.serverCaBundle, trustDomain: o.trustDomain, clientSvid: o.svid });
+  const exchange: Exchange = o.exchange ?? ((m, p, a) => client!.exchange(m, p, a));
   try {
-    const result = await client.exchange('RenewAgent', { ak_public: akPublic, csr }, async (challenge) => ({
-      ...(await quoteForChallenge(o.device, ak, akPublic, challenge)),
-      event_log: eventLog ?? Buffer.alloc(0),
-    }));
-    return acceptResult(result, o.csrKey, o.trustDomain, o.akBlobs);
+    const result = await exchange('RenewAgent', { ak_public: akPublic, csr, agent_key_public: o.agentKey.public }, async (challenge) => {
+      const certified = await o.device.certify(o.agentKey, ak, challenge.nonce);
+      return {
+        ...(await quoteForChallenge(o.device, ak, akPublic, challenge)),
+        event_log: eventLog ?? Buffer.alloc(0),
+        agent_key_certify: certified.attest,
+        agent_key_certify_signature: certified.signature,
+      };
+    });
+    return acceptResult(result, key, o.trustDomain, o.akBlobs);
   } finally {
-    client.close();
+    client?.close();
+    await o.device.flush(ak);
+  }
+}
+
+/**
+ * One continuous attestation: a fresh quote on a bound connection, the event
+ * log only when it changed since the last one the server verified. Resolves
+ * with the SHA-256 of the log the server now holds (empty when none);
+ * rejects with NodeApiError('policy', …) when the node is out of policy.
+ */
+export async function checkNode(o: CheckNodeOptions): Promise<{ eventLogSha256: Buffer; selectors: readonly string[] }> {
+  const eventLog = (await readEventLog(o.eventLogPath)) ?? Buffer.alloc(0);
+  const sha = eventLog.length ? createHash('sha256').update(eventLog).digest() : Buffer.alloc(0);
+  const unchanged = sha.length > 0 && o.lastEventLogSha256?.equals(sha) === true;
+  const { handle: ak, public: akPublic } = await openAk(o.device, o.ekKind, o);
+  try {
+    const exchange = (sendLog: boolean): Promise<WireAttestResult> =>
+      o.exchange('Check', { ak_public: akPublic }, async (challenge) => ({
+        ...(await quoteForChallenge(o.device, ak, akPublic, challenge)),
+        event_log: sendLog ? eventLog : Buffer.alloc(0),
+        event_log_sha256: sendLog ? Buffer.alloc(0) : sha,
+      }));
+    let result: WireAttestResult;
+    try {
+      result = await exchange(!unchanged);
+    } catch (e) {
+      // The server lost its copy (restart, another server): send the log whole once.
+      if (!unchanged || (e as { reason?: string }).reason !== 'eventlog-required') throw e;
+      result = await exchange(true);
+    }
+    return { eventLogSha256: sha, selectors: result.selectors };
+  } finally {
     await o.device.flush(ak);
   }
 }

@@ -2,6 +2,8 @@
 export {
   attestNode,
   renewAgentSvid,
+  checkNode,
+  type CheckNodeOptions,
   quoteForChallenge,
   AgentAttestationError,
   MAX_EVENT_LOG_BYTES,
@@ -11,9 +13,14 @@ export {
   type ServerConnection,
 } from './attest.js';
 export { buildCsr, CsrKeyError } from '../../spiffe/csr.js';
+export { tpmAgentKey, softwareAgentKey, credentialOf, type AgentCredential, type AgentKey } from './credential.js';
+export { BoundChannelCredentials, BindingRefusedError } from './bound-credentials.js';
 export {
   NodeApiClient,
   NodeApiError,
+  runExchange,
+  type Exchange,
+  type ExchangeMethod,
   type NodeApiClientOptions,
   type WireAnswer,
   type WireAttestResult,

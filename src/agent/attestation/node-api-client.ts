@@ -4,9 +4,9 @@
  * (`spiffe://<td>/keel/server`), with the agent SVID as client certificate
  * once it has one. Refusals come back as NodeApiError with the server's reason.
  */
-import type { KeyObject } from 'node:crypto';
-import type { PeerCertificate } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
+import { BoundChannelCredentials } from './bound-credentials.js';
+import type { AgentCredential } from './credential.js';
 import {
   nodeApiClientConstructor,
   type WireAttestParams, type WireAttestResult, type WireChallenge, type WireChallengeResponse,
@@ -47,43 +47,48 @@ export interface NodeApiClientOptions {
   readonly serverCaBundle: string | Buffer;
   /** The server's trust domain: its SVID must be `spiffe://<td>/keel/server`. */
   readonly trustDomain: string;
-  /** The agent SVID for the mTLS calls: chain PEM (leaf first) and its key. */
-  readonly clientSvid?: { readonly chainPem: string; readonly key: KeyObject };
+  /** The agent SVID and its (TPM-resident) key: every connection is bound to it. Absent: anonymous (Attest only). */
+  readonly clientSvid?: AgentCredential;
   /** Per-call deadline (default 30 s). */
   readonly deadlineMs?: number;
   readonly maxMessageBytes?: number;
 }
 
-type ExchangeMethod = 'Attest' | 'RenewAgent';
+export type ExchangeMethod = 'Attest' | 'RenewAgent' | 'Check';
+/** Runs one challenge exchange (NodeApiClient.exchange, NodeSession.exchange). */
+export type Exchange = (method: ExchangeMethod, params: WireParams, answer: (challenge: WireChallenge) => Promise<WireAnswer>) => Promise<WireAttestResult>;
 type GrpcClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
 
 export class NodeApiClient {
   readonly #client: GrpcClient;
   readonly #deadlineMs: number;
 
+  readonly #creds: BoundChannelCredentials;
+
   constructor(o: NodeApiClientOptions) {
-    const serverId = `spiffe://${o.trustDomain}/keel/server`;
-    const creds = grpc.credentials.createSsl(
-      Buffer.from(o.serverCaBundle),
-      o.clientSvid ? Buffer.from(o.clientSvid.key.export({ type: 'pkcs8', format: 'pem' })) : null,
-      o.clientSvid ? Buffer.from(o.clientSvid.chainPem) : null,
-      {
-        // The chain is checked against the bundle by TLS; the name is the SPIFFE ID, not a host name.
-        checkServerIdentity: (_host: string, cert: PeerCertificate) => {
-          const uris = (cert.subjectaltname ?? '').split(', ').filter((s) => s.startsWith('URI:')).map((s) => s.slice(4));
-          return uris.length === 1 && uris[0] === serverId ? undefined : new Error(`the server presented ${uris.join(', ') || 'no SPIFFE ID'}, not ${serverId}`);
-        },
-      },
-    );
+    const trust = Buffer.from(o.serverCaBundle).toString('utf8');
+    const svid = o.clientSvid;
+    this.#creds = new BoundChannelCredentials({
+      trustPem: () => trust,
+      serverId: `spiffe://${o.trustDomain}/keel/server`,
+      ...(svid ? { credential: () => svid } : {}),
+    });
     const Ctor = nodeApiClientConstructor();
-    this.#client = new Ctor(o.address, creds, {
-      // SNI must be a host name, not an IP (RFC 6066); the server's SVID is checked by SPIFFE ID above.
-      'grpc.ssl_target_name_override': 'keel-server',
+    this.#client = new Ctor(o.address, this.#creds, {
       'grpc.default_authority': o.address,
       'grpc.max_receive_message_length': o.maxMessageBytes ?? 64 * 1024 * 1024,
       'grpc.max_send_message_length': o.maxMessageBytes ?? 64 * 1024 * 1024,
+      'grpc.use_local_subchannel_pool': 1,
     }) as unknown as GrpcClient;
     this.#deadlineMs = o.deadlineMs ?? 30_000;
+  }
+
+  /** A failure, with the server's reason when it refused the connection itself (the binding). */
+  #error(e: unknown): NodeApiError {
+    const err = NodeApiError.from(e);
+    const refusal = this.#creds.lastRefusal;
+    if (err.reason === 'transport' && refusal) return new NodeApiError(refusal.reason, grpc.status.UNAUTHENTICATED, refusal.detail);
+    return err;
   }
 
   #deadline(): grpc.CallOptions {
@@ -95,31 +100,7 @@ export class NodeApiClient {
    * the challenge to `answer`, sends what it returns, resolves with the result.
    */
   exchange(method: ExchangeMethod, params: WireParams, answer: (challenge: WireChallenge) => Promise<WireAnswer>): Promise<WireAttestResult> {
-    return new Promise((resolve, reject) => {
-      const call = this.#client[method]!(new grpc.Metadata(), this.#deadline()) as grpc.ClientDuplexStream<unknown, { step?: string; challenge?: WireChallenge; result?: WireAttestResult }>;
-      let settled = false;
-      const finish = (err: unknown, result?: WireAttestResult): void => {
-        if (settled) return;
-        settled = true;
-        if (err) {
-          call.cancel();
-          reject(NodeApiError.from(err));
-        } else resolve(result!);
-      };
-      call.on('data', (msg) => {
-        if (msg.step === 'challenge' && msg.challenge) {
-          answer(msg.challenge).then(
-            (a) => call.write({ challenge_response: a }),
-            (e) => finish(e),
-          );
-        } else if (msg.step === 'result' && msg.result) {
-          finish(null, msg.result);
-        } else finish(new NodeApiError('malformed', grpc.status.INTERNAL, `unexpected message ${msg.step ?? '(empty)'} from the server`));
-      });
-      call.on('error', (e) => finish(e));
-      call.on('end', () => finish(new NodeApiError('transport', grpc.status.UNAVAILABLE, 'the server ended the stream without a result')));
-      call.write({ params });
-    });
+    return runExchange(this.#client, method, params, answer, this.#deadline(), (e) => this.#error(e));
   }
 
   /** Streams the agent's authorized entries and bundles; returns the cancel function. */
@@ -127,7 +108,7 @@ export class NodeApiClient {
     const call = this.#client.SyncEntries!({}) as grpc.ClientReadableStream<WireSyncEntries>;
     call.on('data', onUpdate);
     call.on('error', (e: grpc.ServiceError) => {
-      if (e.code !== grpc.status.CANCELLED) onError(NodeApiError.from(e));
+      if (e.code !== grpc.status.CANCELLED) onError(this.#error(e));
     });
     return () => call.cancel();
   }
@@ -137,7 +118,7 @@ export class NodeApiClient {
       this.#client.SignX509Svids!(
         { requests: requests.map((r) => ({ entry_id: r.entryId, csr: r.csr })) },
         this.#deadline(),
-        (err: grpc.ServiceError | null, res: { results: WireX509SvidResult[] }) => (err ? reject(NodeApiError.from(err)) : resolve(res.results)),
+        (err: grpc.ServiceError | null, res: { results: WireX509SvidResult[] }) => (err ? reject(this.#error(err)) : resolve(res.results)),
       );
     });
   }
@@ -148,7 +129,7 @@ export class NodeApiClient {
         { entry_id: entryId, audience: [...audience] },
         this.#deadline(),
         (err: grpc.ServiceError | null, res: { token: string; expires_at: number }) =>
-          err ? reject(NodeApiError.from(err)) : resolve({ token: res.token, expiresAt: new Date(res.expires_at * 1000) }),
+          err ? reject(this.#error(err)) : resolve({ token: res.token, expiresAt: new Date(res.expires_at * 1000) }),
       );
     });
   }
@@ -156,4 +137,44 @@ export class NodeApiClient {
   close(): void {
     this.#client.close();
   }
+}
+
+/**
+ * One challenge round trip of Attest, RenewAgent or Check on `client`: sends
+ * `params`, hands the challenge to `answer`, sends what it returns, resolves
+ * with the result.
+ */
+export function runExchange(
+  client: grpc.Client,
+  method: ExchangeMethod,
+  params: WireParams,
+  answer: (challenge: WireChallenge) => Promise<WireAnswer>,
+  options: grpc.CallOptions,
+  mapError: (e: unknown) => NodeApiError,
+): Promise<WireAttestResult> {
+  return new Promise((resolve, reject) => {
+    const call = (client as GrpcClient)[method]!(new grpc.Metadata(), options) as grpc.ClientDuplexStream<unknown, { step?: string; challenge?: WireChallenge; result?: WireAttestResult }>;
+    let settled = false;
+    const finish = (err: unknown, result?: WireAttestResult): void => {
+      if (settled) return;
+      settled = true;
+      if (err) {
+        call.cancel();
+        reject(mapError(err));
+      } else resolve(result!);
+    };
+    call.on('data', (msg) => {
+      if (msg.step === 'challenge' && msg.challenge) {
+        answer(msg.challenge).then(
+          (a) => call.write({ challenge_response: a }),
+          (e) => finish(e),
+        );
+      } else if (msg.step === 'result' && msg.result) {
+        finish(null, msg.result);
+      } else finish(new NodeApiError('malformed', grpc.status.INTERNAL, `unexpected message ${msg.step ?? '(empty)'} from the server`));
+    });
+    call.on('error', (e) => finish(e));
+    call.on('end', () => finish(new NodeApiError('transport', grpc.status.UNAVAILABLE, 'the server ended the stream without a result')));
+    call.write({ params });
+  });
 }

@@ -5,7 +5,6 @@
  * workload SVID, until it expires, and keeps trying. The renew function
  * decides how: renewal while the SVID is valid, full attestation after.
  */
-import { X509Certificate, type KeyObject } from 'node:crypto';
 import type { Logger } from '../../log/index.js';
 import { NodeApiError } from '../attestation/index.js';
 import { Backoff, formatDelay, type BackoffOptions } from './backoff.js';
@@ -25,8 +24,8 @@ export interface AgentIdentity {
   readonly spiffeId: string;
   /** DER, leaf first. */
   readonly chain: readonly Buffer[];
-  /** The TLS key the leaf certifies; in memory only. */
-  readonly key: KeyObject;
+  /** Signs with the key the leaf certifies (the TPM-resident agent key): DER ECDSA-SHA256. */
+  sign(data: Buffer): Promise<Buffer>;
   readonly expiresAt: Date;
   /** The X.509 authorities the server returned with it (concatenated DER). */
   readonly bundle: Buffer;
@@ -84,10 +83,9 @@ export class AgentSvidRotator {
   }
 
   #renewAt(id: AgentIdentity): number {
-    // Half of the life from notBefore (the server's own issue time, less its backdating).
-    const leaf = new X509Certificate(id.chain[0]!);
-    const from = Math.min(new Date(leaf.validFrom).getTime(), this.#now());
-    return renewalTime(from, id.expiresAt.getTime(), this.#random);
+    // Half of the life left from now (when it arrived), not from notBefore: the
+    // server backdates notBefore by its clock-skew tolerance, which can exceed half a short TTL.
+    return renewalTime(this.#now(), id.expiresAt.getTime(), this.#random);
   }
 
   #schedule(delayMs: number): void {

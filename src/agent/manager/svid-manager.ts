@@ -56,7 +56,15 @@ export interface SvidManagerOptions {
   readonly generateKey?: () => KeyObject;
   /** Called when the bundles change (the agent keeps a copy in data_dir). */
   readonly onBundles?: (bundles: BundleSnapshot) => void;
+  /**
+   * The server ended the sync stream because the agent's credential is dead
+   * (evicted, banned, drifted, superseded): the agent must attest again.
+   */
+  readonly onIdentityLost?: (reason: string, detail: string) => void;
 }
+
+/** Sync refusals that mean the agent SVID no longer counts, not that the server is away. */
+const IDENTITY_LOST_REASONS: ReadonlySet<string> = new Set(['not-active', 'superseded', 'unauthenticated', 'banned']);
 
 interface ManagedEntry {
   readonly id: string;
@@ -102,6 +110,7 @@ export class SvidManager implements IdentitySource {
   readonly #generateKey: () => KeyObject;
   readonly #maxBatch: number;
   readonly #onBundles: ((b: BundleSnapshot) => void) | undefined;
+  readonly #onIdentityLost: ((reason: string, detail: string) => void) | undefined;
   readonly #syncBackoff: Backoff;
   readonly #rotationBackoff: Backoff;
 
@@ -138,6 +147,7 @@ export class SvidManager implements IdentitySource {
     this.#generateKey = o.generateKey ?? defaultKey;
     this.#maxBatch = o.maxBatch ?? DEFAULT_MAX_BATCH;
     this.#onBundles = o.onBundles;
+    this.#onIdentityLost = o.onIdentityLost;
     this.#syncBackoff = new Backoff(o.backoff);
     this.#rotationBackoff = new Backoff(o.backoff);
     this.#agentExpiresAt = o.agentSvidExpiresAt.getTime();
@@ -197,6 +207,20 @@ export class SvidManager implements IdentitySource {
     return this.#agentActive();
   }
 
+  /**
+   * The node lost its identity (out of policy, evicted, banned): every SVID
+   * and cached JWT-SVID goes at once and nothing is served until
+   * setAgentSvidExpiry() after a new attestation.
+   */
+  revokeIdentity(reason: string): void {
+    const had = this.#svids.size;
+    this.#agentExpiresAt = 0;
+    this.#svids.clear();
+    this.#jwtCache.clear();
+    this.#log.error('the node lost its identity: every SVID is dropped until it attests again', { reason, dropped: had });
+    this.#emit();
+  }
+
   /** Store revision of the last sync (-1 before the first). */
   get revision(): number {
     return this.#revision;
@@ -230,6 +254,7 @@ export class SvidManager implements IdentitySource {
         if (ended || this.#stopped) return;
         ended = true;
         this.#cancelSync = undefined;
+        if (IDENTITY_LOST_REASONS.has(e.reason)) this.#onIdentityLost?.(e.reason, e.detail);
         const delay = this.#syncBackoff.next();
         this.#syncDown = true;
         this.#log.warn(`server unreachable, retrying in ${formatDelay(delay)}`, {

@@ -12,8 +12,13 @@
 import { EK_SELECTOR_PREFIXES } from '../../policy/index.js';
 import { X509Certificate, createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import {
+  AgentKeyPublicError,
   AkPublicError,
+  CertifyVerificationError,
   EkCertificateError,
+  checkAgentKeyPublic,
+  publicKeyFromTpmtPublic,
+  verifyCertify,
   QuoteVerificationError,
   checkAkPublic,
   ekCertificateMatches,
@@ -46,6 +51,7 @@ import type {
   MeasurementPolicy,
   PcrBank,
   PendingAttestation,
+  PendingCheck,
   PendingRenewal,
 } from './types.js';
 
@@ -79,6 +85,8 @@ export interface AttestorOptions {
   readonly audit: AuditLog;
   readonly now?: () => Date;
   readonly random?: (bytes: number) => Buffer;
+  /** Event logs kept for continuous attestation (agents send only a hash while theirs is unchanged); default 1024 nodes. */
+  readonly eventLogCacheSize?: number;
 }
 
 const fail = (reason: AttestationReason, detail: string, cause?: unknown): never => {
@@ -125,6 +133,32 @@ const QUOTE_REASONS: Readonly<Record<QuoteVerificationError['reason'], Attestati
   'clock-rollback': 'clock-rollback',
 };
 
+/** The agent key the CSR must be for: parsed, checked, and the CSR's key compared. */
+function checkAgentKey(bytes: Buffer, csr: ParsedCsr): TpmtPublic {
+  const pub = parsePublic(bytes, 'agent_key_public');
+  try {
+    checkAgentKeyPublic(pub);
+  } catch (e) {
+    if (e instanceof AgentKeyPublicError) fail('agent-key-invalid', e.message, e);
+    throw e;
+  }
+  const spki = publicKeyFromTpmtPublic(pub).export({ type: 'spki', format: 'der' });
+  if (!spki.equals(csr.spkiDer)) fail('agent-key-invalid', 'the CSR is not for the agent key: the agent SVID certifies only the TPM-resident key');
+  return pub;
+}
+
+/** The AK's TPM2_Certify of the agent key over the nonce. */
+function checkAgentKeyCertified(akPublic: TpmtPublic, keyPublic: TpmtPublic, nonce: Buffer, response: ChallengeResponse): void {
+  const attest = bytesOf(response?.agentKeyCertify, 'agent_key_certify', LIMITS.quote);
+  const signature = bytesOf(response.agentKeyCertifySignature, 'agent_key_certify_signature', LIMITS.signature);
+  try {
+    verifyCertify({ akPublic, attest, signature, nonce, objectPublic: keyPublic });
+  } catch (e) {
+    if (e instanceof CertifyVerificationError) fail('agent-key-certify', e.message, e);
+    throw e;
+  }
+}
+
 function sha256Hex(b: Uint8Array): string {
   return createHash('sha256').update(b).digest('hex');
 }
@@ -141,6 +175,7 @@ export class Attestor {
   readonly #roots: X509Certificate[];
   readonly #intermediates: X509Certificate[];
   readonly #selection: TpmlPcrSelection;
+  readonly #eventLogs = new Map<string, { readonly sha256: string; readonly bytes: Buffer }>();
 
   constructor(options: AttestorOptions) {
     const pcrs = [...new Set(options.pcrSelection.pcrs)].sort((a, b) => a - b);
@@ -186,6 +221,7 @@ export class Attestor {
       const certBytes = bytesOf(params.ekCertificate, 'ek_certificate', LIMITS.ekCertificate, { optional: true });
       const akBytes = bytesOf(params.akPublic, 'ak_public', LIMITS.publicArea);
       const csrBytes = bytesOf(params.csr, 'csr', LIMITS.csr);
+      const agentKeyBytes = bytesOf(params.agentKeyPublic, 'agent_key_public', LIMITS.publicArea);
 
       const ek = parsePublic(ekBytes, 'ek_public');
       try {
@@ -205,6 +241,7 @@ export class Attestor {
         throw e;
       }
       const csr = checkCsr(csrBytes);
+      const agentKeyPublic = checkAgentKey(agentKeyBytes, csr);
 
       const akName = objectName(ak);
       const secret = this.#random(SECRET_BYTES);
@@ -226,6 +263,7 @@ export class Attestor {
         akPublic: ak,
         akName,
         csr,
+        agentKeyPublic,
         admissionSelectors,
         peer,
       };
@@ -246,7 +284,8 @@ export class Attestor {
       const existing = await this.#store.getNodeByEkHash(state.ekHash);
       if (existing?.status.kind === 'banned') fail('banned', `node ${existing.agentId.toString()} is banned: ${existing.status.reason}`);
       const previous = existing ? clockOf(existing) : undefined;
-      const measured = this.#checkMeasurements(state.akPublic, state.nonce, response, previous);
+      checkAgentKeyCertified(state.akPublic, state.agentKeyPublic, state.nonce, response);
+      const measured = this.#checkMeasurements(state.akPublic, state.nonce, response, previous, state.agentId);
       const selectors = [...state.admissionSelectors, ...measured.selectors];
 
       const svid = await this.#issue(state.csr, state.agentId);
@@ -287,7 +326,7 @@ export class Attestor {
    */
   async beginRenewal(
     agent: { readonly agentId: SpiffeId; readonly presentedSerial: string },
-    params: Pick<AttestParams, 'akPublic' | 'csr'>,
+    params: Pick<AttestParams, 'akPublic' | 'csr' | 'agentKeyPublic'>,
   ): Promise<{ challenge: Challenge; state: PendingRenewal; csr: ParsedCsr }> {
     const agentId = agent.agentId;
     try {
@@ -295,12 +334,9 @@ export class Attestor {
       if (!ekHash) fail('unauthenticated', `${agentId.toString()} is not an agent ID of ${this.trustDomain.name}`);
       const node = await this.#store.getNode(agentId);
       if (!node) return fail('unknown-node', `no attested node ${agentId.toString()}`);
-      if (node.status.kind === 'banned') fail('banned', `node is banned: ${node.status.reason}`);
-      if (node.status.kind !== 'active') fail('not-active', 'the node was evicted; it must attest again');
-      const ak = parsePublic(bytesOf(params?.akPublic, 'ak_public', LIMITS.publicArea), 'ak_public');
-      const name = objectName(ak).toString('hex');
-      if (node.akName === undefined || name !== node.akName) fail('ak-changed', 'the AK is not the one the node attested with');
+      const ak = this.#activeNodeAk(node, agent.presentedSerial, params?.akPublic);
       const csr = checkCsr(bytesOf(params.csr, 'csr', LIMITS.csr));
+      const agentKeyPublic = checkAgentKey(bytesOf(params.agentKeyPublic, 'agent_key_public', LIMITS.publicArea), csr);
       const nonceContext = `renew:${agentId.toString()}`;
       const nonce = await this.#issueNonce(nonceContext);
       const state: PendingRenewal = {
@@ -311,8 +347,9 @@ export class Attestor {
         ekHash: ekHash!,
         akPublic: ak,
         presentedSerial: agent.presentedSerial.toLowerCase(),
-        previousClock: clockOf(node),
-        admissionSelectors: node.selectors.map(formatSelector).filter(isAdmissionSelector),
+        agentKeyPublic,
+        previousClock: clockOf(node!),
+        admissionSelectors: node!.selectors.map(formatSelector).filter(isAdmissionSelector),
       };
       return {
         challenge: { credentialBlob: Buffer.alloc(0), encryptedSecret: Buffer.alloc(0), nonce, pcrSelection: [this.#o.pcrSelection] },
@@ -327,7 +364,8 @@ export class Attestor {
   async completeRenewal(state: PendingRenewal, csr: ParsedCsr, response: ChallengeResponse): Promise<AttestationResult> {
     try {
       await this.#spendNonce(state.nonce, state.nonceContext);
-      const measured = this.#checkMeasurements(state.akPublic, state.nonce, response, state.previousClock);
+      checkAgentKeyCertified(state.akPublic, state.agentKeyPublic, state.nonce, response);
+      const measured = this.#checkMeasurements(state.akPublic, state.nonce, response, state.previousClock, state.agentId);
       const selectors = [...state.admissionSelectors, ...measured.selectors];
       const svid = await this.#issue(csr, state.agentId);
       try {
@@ -350,7 +388,77 @@ export class Attestor {
     }
   }
 
+  // ── continuous attestation ─────────────────────────────────────────────────
+
+  /**
+   * A fresh quote from an active node between renewals (on its bound
+   * connection): nothing is issued; a node out of policy is marked drifted.
+   */
+  async beginCheck(agent: { readonly agentId: SpiffeId; readonly presentedSerial: string }, params: Pick<AttestParams, 'akPublic'>): Promise<{ challenge: Challenge; state: PendingCheck }> {
+    const agentId = agent.agentId;
+    try {
+      if (!this.ekHashOfAgentId(agentId)) fail('unauthenticated', `${agentId.toString()} is not an agent ID of ${this.trustDomain.name}`);
+      const node = await this.#store.getNode(agentId);
+      const ak = this.#activeNodeAk(node, agent.presentedSerial, params?.akPublic);
+      const nonceContext = `check:${agentId.toString()}`;
+      const nonce = await this.#issueNonce(nonceContext);
+      const state: PendingCheck = { kind: 'check', nonce, nonceContext, agentId, akPublic: ak, presentedSerial: agent.presentedSerial.toLowerCase(), previousClock: clockOf(node!) };
+      return { challenge: { credentialBlob: Buffer.alloc(0), encryptedSecret: Buffer.alloc(0), nonce, pcrSelection: [this.#o.pcrSelection] }, state };
+    } catch (e) {
+      throw this.#checkRefused(e, agentId);
+    }
+  }
+
+  /** Verifies the answer. Out of policy: the node is marked drifted (audited) and the refusal says why. */
+  async completeCheck(state: PendingCheck, response: ChallengeResponse): Promise<{ selectors: readonly string[] }> {
+    try {
+      await this.#spendNonce(state.nonce, state.nonceContext);
+      let measured;
+      try {
+        measured = this.#checkMeasurements(state.akPublic, state.nonce, response, state.previousClock, state.agentId);
+      } catch (e) {
+        if (e instanceof AttestationError && (e.reason === 'policy' || e.reason === 'eventlog-replay' || e.reason === 'pcr-digest' || e.reason === 'clock-rollback')) {
+          await this.#drifted(state, e);
+        }
+        throw e;
+      }
+      this.#o.audit.record({ event: 'node.checked', agentId: state.agentId.toString(), selectors: [...measured.selectors] });
+      return { selectors: measured.selectors };
+    } catch (e) {
+      throw this.#checkRefused(e, state?.agentId);
+    }
+  }
+
+  async #drifted(state: PendingCheck, e: AttestationError): Promise<void> {
+    const reason = `${e.reason}: ${e.detail}`.slice(0, 4000);
+    try {
+      await this.#store.markNodeDrifted(state.agentId, reason, { ifSvidSerial: state.presentedSerial });
+      this.#o.audit.record({ event: 'node.drifted', agentId: state.agentId.toString(), reason: e.reason, detail: e.detail });
+    } catch (err) {
+      // Renewed, evicted or banned meanwhile: that state stands; the refusal is still returned.
+      if (!(err instanceof ConflictError || err instanceof NodeNotActiveError || err instanceof NodeBannedError || err instanceof NotFoundError)) throw err;
+    }
+  }
+
+  #checkRefused(e: unknown, agentId: SpiffeId | undefined): AttestationError {
+    const err = asAttestationError(e);
+    this.#o.audit.record({ event: 'node.check_refused', agentId: agentId?.toString() ?? '', reason: err.reason, detail: err.detail });
+    return err;
+  }
+
   // ── the checks ────────────────────────────────────────────────────────────
+
+  /** The node must be active, hold exactly the SVID presented, and quote with the AK it attested with. */
+  #activeNodeAk(node: AttestedNode | undefined, presentedSerial: string, akPublic: Uint8Array | undefined): TpmtPublic {
+    if (!node) return fail('unknown-node', 'no attested node with this agent ID');
+    if (node.status.kind === 'banned') fail('banned', `node is banned: ${node.status.reason}`);
+    if (node.status.kind === 'drifted') fail('not-active', `the node drifted out of policy (${node.status.reason}); it must attest again`);
+    if (node.status.kind !== 'active') return fail('not-active', 'the node was evicted; it must attest again');
+    if (node.status.svid.serial !== presentedSerial.toLowerCase()) fail('superseded', 'the agent SVID presented was replaced; only the latest one is accepted');
+    const ak = parsePublic(bytesOf(akPublic, 'ak_public', LIMITS.publicArea), 'ak_public');
+    if (node.akName === undefined || objectName(ak).toString('hex') !== node.akName) fail('ak-changed', 'the AK is not the one the node attested with');
+    return ak;
+  }
 
   get #store(): Datastore {
     return this.#o.store;
@@ -415,10 +523,11 @@ export class Attestor {
     nonce: Buffer,
     response: ChallengeResponse,
     previous: TpmsClockInfo | undefined,
+    agentId: SpiffeId,
   ): { selectors: string[]; clock: TpmsClockInfo } {
     const quote = bytesOf(response?.quote, 'quote', LIMITS.quote);
     const signature = bytesOf(response.quoteSignature, 'quote_signature', LIMITS.signature);
-    const eventLogBytes = bytesOf(response.eventLog, 'event_log', this.#o.maxEventLogBytes, { optional: true });
+    const eventLogBytes = this.#eventLogOf(agentId, response);
     const { bank, pcrs } = this.#o.pcrSelection;
     const values = this.#pcrValues(response.pcrValues);
 
@@ -452,7 +561,28 @@ export class Attestor {
     }
     const verdict = this.#o.policy.evaluate({ bank, pcrs: values, ...(eventLog ? { eventLog } : {}) });
     if (!verdict.ok) return fail('policy', verdict.detail);
+    this.#rememberEventLog(agentId, eventLogBytes);
     return { selectors: [...verdict.selectors], clock };
+  }
+
+  /** The log sent, or the copy kept from the node's last verified one when it sent only its hash. */
+  #eventLogOf(agentId: SpiffeId, response: ChallengeResponse): Buffer {
+    const sent = bytesOf(response?.eventLog, 'event_log', this.#o.maxEventLogBytes, { optional: true });
+    const hash = bytesOf(response?.eventLogSha256, 'event_log_sha256', 32, { optional: true });
+    if (sent.length > 0 || hash.length === 0) return sent;
+    const kept = this.#eventLogs.get(agentId.toString());
+    if (!kept || kept.sha256 !== hash.toString('hex')) fail('eventlog-required', 'the server holds no copy of that event log: send it whole');
+    return kept!.bytes;
+  }
+
+  #rememberEventLog(agentId: SpiffeId, bytes: Buffer): void {
+    const key = agentId.toString();
+    this.#eventLogs.delete(key);
+    if (bytes.length === 0) return;
+    this.#eventLogs.set(key, { sha256: createHash('sha256').update(bytes).digest('hex'), bytes: Buffer.from(bytes) });
+    const max = this.#o.eventLogCacheSize ?? 1024;
+    // Map order is insertion order: the first key is the least recently verified.
+    while (this.#eventLogs.size > max) this.#eventLogs.delete(this.#eventLogs.keys().next().value!);
   }
 
   /** The reported values of the configured bank, exactly the selected PCRs. */

@@ -11,6 +11,8 @@ export const ATTESTATION_REASONS = [
   'ek-not-allowed', // no EK certificate admitted it and its hash is not on the allow-list
   'ek-cert-mismatch', // the EK certificate certifies another key than the EK public sent
   'ak-invalid', // the AK public area is not an attestation key
+  'agent-key-invalid', // the agent key is not an unrestricted, non-exportable TPM signing key, or the CSR is for another key
+  'agent-key-certify', // the AK's certification of the agent key is missing or does not verify (the key is not in this TPM)
   'banned', // the node (by EK hash) is banned
   'secret-mismatch', // the activated credential is not the secret: the AK is not in the EK's TPM
   'nonce-unknown', // the challenge's nonce was never issued (for this exchange)
@@ -27,6 +29,9 @@ export const ATTESTATION_REASONS = [
   'not-active', // renewal: the node was evicted (it must attest again) or renewed meanwhile
   'ak-changed', // renewal: the AK is not the one the node attested with
   'unauthenticated', // renewal / mTLS call without a valid agent SVID of this trust domain
+  'superseded', // the agent SVID presented is not the one the node holds now (re-attested, renewed, evicted or banned since)
+  'too-many-challenges', // too many unanswered challenges from this peer or in total
+  'eventlog-required', // continuous attestation: the server holds no copy of the log the agent says is unchanged
   'internal', // the server could not finish (CA or store failure); nothing was recorded
 ] as const;
 

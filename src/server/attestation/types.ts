@@ -20,8 +20,10 @@ export interface AttestParams {
   readonly ekCertificate?: Uint8Array;
   /** TPMT_PUBLIC of the AK. */
   readonly akPublic: Uint8Array;
-  /** PKCS#10 DER for the agent SVID; its key is the agent's TLS key. */
+  /** PKCS#10 DER for the agent SVID, for the agent key and signed by it. */
   readonly csr: Uint8Array;
+  /** TPMT_PUBLIC of the agent key: made in the TPM, never exportable; the SVID certifies it. */
+  readonly agentKeyPublic: Uint8Array;
 }
 
 export interface PcrSelectionMessage {
@@ -55,6 +57,11 @@ export interface ChallengeResponse {
   readonly pcrValues: readonly PcrValuesMessage[];
   /** TCG event log; empty or absent when the node has none. */
   readonly eventLog?: Uint8Array;
+  /** TPMS_ATTEST of TPM2_Certify(agent key) by the AK over the nonce. */
+  readonly agentKeyCertify?: Uint8Array;
+  readonly agentKeyCertifySignature?: Uint8Array;
+  /** Continuous attestation: SHA-256 of the event log when it is unchanged since the last one sent (eventLog then empty). */
+  readonly eventLogSha256?: Uint8Array;
 }
 
 /** Step 4, server → agent. */
@@ -108,6 +115,7 @@ export interface PendingAttestation {
   readonly akPublic: TpmtPublic;
   readonly akName: Buffer;
   readonly csr: ParsedCsr;
+  readonly agentKeyPublic: TpmtPublic;
   /** Selectors the EK admission earned (ek-hash, ek-ca). */
   readonly admissionSelectors: readonly string[];
   readonly peer: string | undefined;
@@ -122,7 +130,19 @@ export interface PendingRenewal {
   readonly akPublic: TpmtPublic;
   /** Serial of the SVID the agent authenticated with: the renewal replaces exactly that one. */
   readonly presentedSerial: string;
+  readonly agentKeyPublic: TpmtPublic;
   readonly previousClock: TpmsClockInfo;
   /** Node selectors that do not come from measurements (ek-hash, ek-ca), kept across renewals. */
   readonly admissionSelectors: readonly string[];
+}
+
+/** A continuous attestation of an active node, between its challenge and the answer. */
+export interface PendingCheck {
+  readonly kind: 'check';
+  readonly nonce: Buffer;
+  readonly nonceContext: string;
+  readonly agentId: SpiffeId;
+  readonly akPublic: TpmtPublic;
+  readonly presentedSerial: string;
+  readonly previousClock: TpmsClockInfo;
 }

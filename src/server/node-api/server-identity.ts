@@ -6,32 +6,9 @@
  */
 import { generateKeyPairSync } from 'node:crypto';
 import { buildCsr } from '../../spiffe/csr.js';
-import { ServerCredentials, type ServerInterceptor } from '@grpc/grpc-js';
-import type { SecureServerOptions } from 'node:http2';
 import type { SecureContextOptions } from 'node:tls';
 import { derToPem, type CertificateAuthority } from '../ca/index.js';
 import { serverIdOf } from '../store/index.js';
-
-/**
- * grpc-js server credentials that ask for a client certificate without
- * requiring one (Attest is open; the mTLS methods check the peer per call)
- * and whose certificate can be replaced while the server runs.
- */
-class RenewableServerCredentials extends ServerCredentials {
-  constructor(context: SecureContextOptions) {
-    const server: SecureServerOptions = { requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.2' };
-    super(server, context);
-  }
-  replace(context: SecureContextOptions): void {
-    this.updateSecureContextOptions(context);
-  }
-  override _equals(other: ServerCredentials): boolean {
-    return other === this;
-  }
-  override _getInterceptors(): ServerInterceptor[] {
-    return [];
-  }
-}
 
 export interface ServerIdentityOptions {
   readonly ca: Pick<CertificateAuthority, 'issueX509Svid' | 'bundle' | 'trustDomain'>;
@@ -43,7 +20,8 @@ export interface ServerIdentityOptions {
 }
 
 export class ServerIdentity {
-  readonly credentials: RenewableServerCredentials;
+  #context: SecureContextOptions;
+  readonly #listeners = new Set<(context: SecureContextOptions) => void>();
   #notAfter: Date;
   #renewAt: number;
   #timer: NodeJS.Timeout | undefined;
@@ -51,7 +29,7 @@ export class ServerIdentity {
 
   private constructor(o: ServerIdentityOptions, context: SecureContextOptions, notBefore: Date, notAfter: Date) {
     this.#o = o;
-    this.credentials = new RenewableServerCredentials(context);
+    this.#context = context;
     this.#notAfter = notAfter;
     this.#renewAt = halfLife(notBefore, notAfter);
   }
@@ -63,6 +41,17 @@ export class ServerIdentity {
     return id;
   }
 
+  /** The TLS certificate chain and key now (the key is in process memory; it is not the CA's). */
+  get context(): SecureContextOptions {
+    return this.#context;
+  }
+
+  /** Called with the new context after each renewal. */
+  onRenewed(listener: (context: SecureContextOptions) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
   get notAfter(): Date {
     return this.#notAfter;
   }
@@ -70,7 +59,8 @@ export class ServerIdentity {
   /** Issues a new SVID for a new key now (also what the timer does at half life). */
   async renew(): Promise<void> {
     const { context, notBefore, notAfter } = await issue(this.#o);
-    this.credentials.replace(context);
+    this.#context = context;
+    for (const l of this.#listeners) l(context);
     this.#notAfter = notAfter;
     this.#renewAt = halfLife(notBefore, notAfter);
   }

@@ -4,8 +4,11 @@
  * the store's; this file maps messages, authenticates agents by their SVID on
  * the mTLS methods, and writes the audit lines of SVIDs issued or refused.
  */
-import { X509Certificate } from 'node:crypto';
+import { X509Certificate, verify as verifySignature } from 'node:crypto';
+import type { TLSSocket } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
+import { bindingMessage, type BindingRequest } from '../../proto/channel-binding.js';
+import { BindingRefused, BoundListener, type BoundAgent, type NodeConnection } from './bound-listener.js';
 import { SpiffeId, TrustDomain } from '../../spiffe/id.js';
 import { TrustBundle, bundleFromJwks, bundleX509Der, jwtBundleJson, verifyX509Svid } from '../../spiffe/index.js';
 import { CaIssueError, CsrError, parseCsr, type CertificateAuthority, type ParsedCsr } from '../ca/index.js';
@@ -56,12 +59,16 @@ export interface NodeApiServerOptions {
   /** Quiet time before SyncEntries pushes after a change (default 100 ms). */
   readonly syncDebounceMs?: number;
   readonly serverDnsNames?: readonly string[];
+  /** Unanswered challenges at once from one peer address (default 16) and in total (default 1024). */
+  readonly maxChallengesPerPeer?: number;
+  readonly maxChallenges?: number;
+  /** How often expired nonces are deleted (default 30 s). */
+  readonly pruneIntervalMs?: number;
+  /** How long a new connection may take to send its channel binding (default 10 s). */
+  readonly bindingTimeoutMs?: number;
 }
 
-interface Agent {
-  readonly agentId: SpiffeId;
-  readonly serial: string;
-}
+type Agent = BoundAgent;
 
 class CallRefused extends Error {
   constructor(
@@ -79,12 +86,19 @@ export class NodeApiServer {
   readonly #o: NodeApiServerOptions;
   readonly #td: TrustDomain;
   readonly #streams = new Set<() => void>();
+  #listener!: BoundListener;
+  /** Unanswered challenges by peer IP address, and in all. */
+  readonly #challenges = new Map<string, number>();
+  #challengeCount = 0;
+  #pruneTimer: NodeJS.Timeout | undefined;
+  #sweepTimer: NodeJS.Timeout | undefined;
+  #unsubscribe: (() => void) | undefined;
 
-  private constructor(o: NodeApiServerOptions, server: grpc.Server, identity: ServerIdentity, port: number) {
+  private constructor(o: NodeApiServerOptions, server: grpc.Server, identity: ServerIdentity) {
     this.#o = o;
     this.#server = server;
     this.#identity = identity;
-    this.port = port;
+    this.port = 0;
     this.#td = o.ca.trustDomain;
   }
 
@@ -97,25 +111,44 @@ export class NodeApiServer {
     });
     const limit = o.maxEventLogBytes + MESSAGE_OVERHEAD;
     const server = new grpc.Server({ 'grpc.max_receive_message_length': limit, 'grpc.max_send_message_length': 64 * 1024 * 1024 });
-    let api: NodeApiServer | undefined;
+    const handlers: { api?: NodeApiServer } = {};
     server.addService(nodeApiService(), {
-      Attest: (call: grpc.ServerDuplexStream<WireAttestRequest, WireAttestResponse>) => void api!.#attest(call),
-      RenewAgent: (call: grpc.ServerDuplexStream<WireAttestRequest, WireAttestResponse>) => void api!.#renew(call),
-      SyncEntries: (call: grpc.ServerWritableStream<unknown, WireSyncEntriesResponse>) => void api!.#sync(call),
-      SignX509Svids: (call: grpc.ServerUnaryCall<WireSignX509SvidsRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => void api!.#signX509(call, cb),
-      SignJwtSvid: (call: grpc.ServerUnaryCall<WireSignJwtSvidRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => void api!.#signJwt(call, cb),
+      Attest: (call: grpc.ServerDuplexStream<WireAttestRequest, WireAttestResponse>) => void handlers.api!.#attest(call),
+      RenewAgent: (call: grpc.ServerDuplexStream<WireAttestRequest, WireAttestResponse>) => void handlers.api!.#renew(call),
+      SyncEntries: (call: grpc.ServerWritableStream<unknown, WireSyncEntriesResponse>) => void handlers.api!.#sync(call),
+      SignX509Svids: (call: grpc.ServerUnaryCall<WireSignX509SvidsRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => void handlers.api!.#signX509(call, cb),
+      SignJwtSvid: (call: grpc.ServerUnaryCall<WireSignJwtSvidRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => void handlers.api!.#signJwt(call, cb),
+      Check: (call: grpc.ServerDuplexStream<WireAttestRequest, WireAttestResponse>) => void handlers.api!.#check(call),
     });
-    let port: number;
+    const api = new NodeApiServer(o, server, identity);
+    handlers.api = api;
     try {
-      port = await new Promise<number>((resolve, reject) =>
-        server.bindAsync(o.address, identity.credentials, (err, p) => (err ? reject(err) : resolve(p))),
-      );
+      api.#listener = await BoundListener.listen({
+        address: o.address,
+        context: identity.context,
+        injector: server.createConnectionInjector(grpc.ServerCredentials.createInsecure()),
+        verify: (req, socket) => api.#verifyBinding(req, socket),
+        onRefused: (peer, e) => o.audit.record({ event: 'node.connection_refused', agentId: '', reason: e.reason, detail: e.detail, peer }),
+        onError: (e) => o.logger?.error('node API: connection handling failed', { err: e }),
+        ...(o.bindingTimeoutMs ? { bindingTimeoutMs: o.bindingTimeoutMs } : {}),
+      });
     } catch (e) {
       identity.close();
       server.forceShutdown();
       throw e;
     }
-    api = new NodeApiServer(o, server, identity, port);
+    (api as { port: number }).port = api.#listener.port;
+    identity.onRenewed((ctx) => api.#listener.setContext(ctx));
+    // A node re-attested, renewed, evicted, banned or drifted: connections bound to its older SVIDs close at once.
+    api.#unsubscribe = o.store.subscribe((c) => {
+      if (c.kind !== 'nodes') return;
+      clearTimeout(api.#sweepTimer);
+      api.#sweepTimer = setTimeout(() => void api.#sweep(), 20);
+    });
+    api.#pruneTimer = setInterval(() => {
+      o.store.pruneNonces(new Date()).catch((e: unknown) => o.logger?.warn('node API: pruning expired nonces failed', { err: e }));
+    }, o.pruneIntervalMs ?? 30_000);
+    api.#pruneTimer.unref();
     return api;
   }
 
@@ -126,7 +159,11 @@ export class NodeApiServer {
 
   async close(): Promise<void> {
     this.#identity.close();
+    clearInterval(this.#pruneTimer);
+    clearTimeout(this.#sweepTimer);
+    this.#unsubscribe?.();
     for (const stop of this.#streams) stop();
+    await this.#listener.close();
     await new Promise<void>((resolve) => {
       const t = setTimeout(() => {
         this.#server.forceShutdown();
@@ -163,7 +200,9 @@ export class NodeApiServer {
 
   async #attest(call: grpc.ServerDuplexStream<WireAttestRequest, WireAttestResponse>): Promise<void> {
     const next = this.#reader(call);
-    const peer = call.getPeer();
+    const conn = this.#listener.forPeer(call.getPeer());
+    const peer = conn?.peer ?? call.getPeer();
+    let release: (() => void) | undefined;
     try {
       let params;
       try {
@@ -171,6 +210,7 @@ export class NodeApiServer {
       } catch (e) {
         throw this.#protocolRefusal(e, peer);
       }
+      release = this.#takeChallenge(conn?.peerIp ?? peer);
       const { challenge, state } = await this.#o.attestor.begin(params, peer);
       call.write(challengeToWire(challenge));
       let answer;
@@ -181,8 +221,76 @@ export class NodeApiServer {
         await this.#o.store.consumeNonce(state.nonce.toString('hex'), new Date()).catch(() => undefined);
         throw this.#protocolRefusal(e, peer, state.ekHash);
       }
+      release?.();
+      release = undefined;
       const result = await this.#o.attestor.complete(state, answer);
       call.write(resultToWire(result));
+      call.end();
+    } catch (e) {
+      this.#endWithRefusal(call, e);
+    } finally {
+      release?.();
+    }
+  }
+
+  /** Counts an unanswered challenge against its peer and the total; refuses beyond the limits. */
+  #takeChallenge(peerIp: string): () => void {
+    const perPeer = this.#o.maxChallengesPerPeer ?? 16;
+    const total = this.#o.maxChallenges ?? 1024;
+    const mine = this.#challenges.get(peerIp) ?? 0;
+    if (mine >= perPeer || this.#challengeCount >= total) {
+      const detail = mine >= perPeer ? `${mine} unanswered challenges from ${peerIp} (limit ${perPeer})` : `${this.#challengeCount} unanswered challenges in all (limit ${total})`;
+      throw this.#protocolRefusal(new AttestationError('too-many-challenges', detail), peerIp);
+    }
+    this.#challenges.set(peerIp, mine + 1);
+    this.#challengeCount++;
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      this.#challengeCount--;
+      const n = (this.#challenges.get(peerIp) ?? 1) - 1;
+      if (n <= 0) this.#challenges.delete(peerIp);
+      else this.#challenges.set(peerIp, n);
+    };
+  }
+
+  /** Unanswered challenges now (for tests and metrics). */
+  get pendingChallenges(): number {
+    return this.#challengeCount;
+  }
+
+  // ── Check (continuous attestation) ───────────────────────────────────────
+
+  async #check(call: grpc.ServerDuplexStream<WireAttestRequest, WireAttestResponse>): Promise<void> {
+    const next = this.#reader(call);
+    try {
+      let agent: Agent;
+      try {
+        agent = await this.#authenticate(call, { requireActive: true });
+      } catch (e) {
+        if (e instanceof CallRefused) this.#o.audit.record({ event: 'node.check_refused', agentId: '', reason: e.reason, detail: e.detail });
+        throw e;
+      }
+      let params;
+      try {
+        params = toAttestParams(expectStep(await next(), 'params'));
+      } catch (e) {
+        if (e instanceof AttestationError) this.#o.audit.record({ event: 'node.check_refused', agentId: agent.agentId.toString(), reason: e.reason, detail: e.detail });
+        throw e;
+      }
+      const { challenge, state } = await this.#o.attestor.beginCheck({ agentId: agent.agentId, presentedSerial: agent.serial }, params);
+      call.write(challengeToWire(challenge));
+      let answer;
+      try {
+        answer = toChallengeResponse(expectStep(await next(), 'challenge_response'));
+      } catch (e) {
+        await this.#o.store.consumeNonce(state.nonce.toString('hex'), new Date()).catch(() => undefined);
+        if (e instanceof AttestationError) this.#o.audit.record({ event: 'node.check_refused', agentId: agent.agentId.toString(), reason: e.reason, detail: e.detail });
+        throw e;
+      }
+      const { selectors } = await this.#o.attestor.completeCheck(state, answer);
+      call.write({ result: { spiffe_id: agent.agentId.toString(), svid_chain: [], bundle: Buffer.alloc(0), expires_at: 0, selectors: [...selectors] } });
       call.end();
     } catch (e) {
       this.#endWithRefusal(call, e);
@@ -258,26 +366,91 @@ export class NodeApiServer {
     return TrustBundle.create({ trustDomain: this.#td, x509Authorities: certs });
   }
 
-  /** The calling agent from its TLS client certificate; CallRefused('unauthenticated' | 'not-active') otherwise. */
-  async #authenticate(call: { getAuthContext(): { sslPeerCertificate?: { raw?: Buffer } } | null }, opts: { requireActive: boolean }): Promise<Agent & { node?: AttestedNode }> {
-    const raw = call.getAuthContext()?.sslPeerCertificate?.raw;
-    if (!raw || raw.length === 0) throw new CallRefused('unauthenticated', 'no client certificate: call with the agent SVID');
+  /**
+   * Judges an agent's channel binding: the chain is an agent SVID of this
+   * trust domain signed by keel's CA, the signature over this connection's
+   * exporter verifies with the SVID's key (held only by the node's TPM), and
+   * the SVID is the one the server recorded last for an active node.
+   */
+  async #verifyBinding(req: Extract<BindingRequest, { kind: 'agent' }>, socket: TLSSocket): Promise<BoundAgent> {
+    let leaf: X509Certificate;
     let id: SpiffeId;
-    let serial: string;
     try {
-      const leaf = new X509Certificate(raw);
-      id = verifyX509Svid([leaf], this.#agentAuthorities()).id;
-      serial = leaf.serialNumber.toLowerCase();
+      const chain = req.chain.map((d) => new X509Certificate(d));
+      leaf = chain[0]!;
+      id = verifyX509Svid(chain, this.#agentAuthorities()).id;
     } catch (e) {
-      throw new CallRefused('unauthenticated', `the client certificate is not an SVID of ${this.#td.name}: ${(e as Error).message}`);
+      throw new BindingRefused('unauthenticated', `the certificate is not an SVID of ${this.#td.name}: ${(e as Error).message}`);
     }
-    if (!this.#o.attestor.ekHashOfAgentId(id)) throw new CallRefused('unauthenticated', `${id.toString()} is not an agent ID`);
-    if (!opts.requireActive) return { agentId: id, serial };
+    if (!this.#o.attestor.ekHashOfAgentId(id)) throw new BindingRefused('unauthenticated', `${id.toString()} is not an agent ID`);
+    let valid = false;
+    try {
+      valid = verifySignature('sha256', bindingMessage(socket), leaf.publicKey, req.signature);
+    } catch {
+      valid = false;
+    }
+    if (!valid) throw new BindingRefused('unauthenticated', `the channel binding signature does not verify with the key of ${id.toString()}'s SVID: the key is not on this connection`);
+    const serial = leaf.serialNumber.toLowerCase();
     const node = await this.#o.store.getNode(id);
-    if (!node || node.status.kind !== 'active') {
-      throw new CallRefused('not-active', `${id.toString()} is ${node ? node.status.kind : 'not an attested node'}`);
+    this.#requireCurrent(id, serial, node);
+    return { agentId: id, serial };
+  }
+
+  /** The node is active and holds exactly this SVID; CallRefused otherwise (BindingRefused at binding time). */
+  #requireCurrent(id: SpiffeId, serial: string, node: AttestedNode | undefined): asserts node is AttestedNode {
+    if (!node) throw new BindingRefused('not-active', `${id.toString()} is not an attested node`);
+    if (node.status.kind !== 'active') {
+      throw new BindingRefused('not-active', `${id.toString()} is ${node.status.kind}${'reason' in node.status ? ` (${node.status.reason})` : ''}; it must attest again`);
     }
-    return { agentId: id, serial, node };
+    if (node.status.svid.serial !== serial) throw new BindingRefused('superseded', `SVID ${serial} of ${id.toString()} was replaced; only the latest one is accepted`);
+  }
+
+  /** Closes every connection bound to an SVID its node no longer holds. */
+  async #sweep(): Promise<void> {
+    const byAgent = new Map<string, NodeConnection[]>();
+    for (const c of this.#listener.connections()) {
+      if (!c.binding) continue;
+      const k = c.binding.agentId.toString();
+      byAgent.set(k, [...(byAgent.get(k) ?? []), c]);
+    }
+    for (const conns of byAgent.values()) {
+      const b = conns[0]!.binding!;
+      let node: AttestedNode | undefined;
+      try {
+        node = await this.#o.store.getNode(b.agentId);
+      } catch (e) {
+        this.#o.logger?.warn('node API: checking bound connections failed', { err: e });
+        return;
+      }
+      for (const c of conns) {
+        try {
+          this.#requireCurrent(c.binding!.agentId, c.binding!.serial, node);
+        } catch (e) {
+          this.#o.audit.record({ event: 'node.connection_closed', agentId: b.agentId.toString(), reason: (e as BindingRefused).reason, peer: c.peer });
+          c.destroy();
+        }
+      }
+    }
+  }
+
+  /**
+   * The calling agent, from the binding of the connection that carried the
+   * call; CallRefused('unauthenticated' | 'superseded' | 'not-active') otherwise.
+   */
+  async #authenticate(call: { getPeer(): string }, opts: { requireActive: boolean }): Promise<Agent & { node?: AttestedNode }> {
+    const conn = this.#listener.forPeer(call.getPeer());
+    const binding = conn?.binding;
+    if (!binding) throw new CallRefused('unauthenticated', 'the connection is not bound to an agent SVID: bind it with the agent key');
+    const node = await this.#o.store.getNode(binding.agentId);
+    try {
+      this.#requireCurrent(binding.agentId, binding.serial, node);
+    } catch (e) {
+      const r = e as BindingRefused;
+      // Renewal is refused by the attestor with its own reason; everything else stops here.
+      if (opts.requireActive || r.reason === 'superseded') throw new CallRefused(r.reason, r.detail);
+      return { ...binding };
+    }
+    return { ...binding, node };
   }
 
   async #authorized(agent: { agentId: SpiffeId; node?: AttestedNode }): Promise<{ entries: readonly RegistrationEntry[]; revision: number }> {
@@ -312,7 +485,11 @@ export class NodeApiServer {
       if (done) return;
       try {
         const node = await this.#o.store.getNode(agent.agentId);
-        if (!node || node.status.kind !== 'active') throw new CallRefused('not-active', `${agent.agentId.toString()} lost its identity`);
+        try {
+          this.#requireCurrent(agent.agentId, agent.serial, node);
+        } catch (e) {
+          throw new CallRefused((e as BindingRefused).reason, (e as BindingRefused).detail);
+        }
         const msg = await this.#syncMessage(agent.agentId, node);
         if (!done) call.write(msg);
       } catch (e) {
@@ -350,7 +527,9 @@ export class NodeApiServer {
   }
 
   #statusOf(e: unknown): Partial<grpc.StatusObject> {
-    if (e instanceof CallRefused) return refusalStatus(e.reason, e.detail, e.reason === 'unauthenticated' ? grpc.status.UNAUTHENTICATED : grpc.status.PERMISSION_DENIED);
+    if (e instanceof CallRefused) {
+      return refusalStatus(e.reason, e.detail, e.reason === 'unauthenticated' || e.reason === 'superseded' ? grpc.status.UNAUTHENTICATED : grpc.status.PERMISSION_DENIED);
+    }
     this.#o.logger?.error('node API: call failed', { err: e });
     return refusalStatus('internal', 'the server could not complete the call');
   }

@@ -27,7 +27,7 @@ export function expectStep<K extends 'params' | 'challenge_response'>(msg: WireA
 }
 
 export function toAttestParams(p: WireAttestParams): AttestParams {
-  return { ekPublic: p.ek_public, ekCertificate: p.ek_certificate, akPublic: p.ak_public, csr: p.csr };
+  return { ekPublic: p.ek_public, ekCertificate: p.ek_certificate, akPublic: p.ak_public, csr: p.csr, agentKeyPublic: p.agent_key_public };
 }
 
 const PCR_KEY = /^(?:0|[1-9][0-9]?)$/;
@@ -41,7 +41,16 @@ export function toChallengeResponse(r: WireChallengeResponse): ChallengeResponse
     }
     return { bank: b.bank, values };
   });
-  return { secret: r.secret, quote: r.quote, quoteSignature: r.quote_signature, pcrValues, eventLog: r.event_log };
+  return {
+    secret: r.secret,
+    quote: r.quote,
+    quoteSignature: r.quote_signature,
+    pcrValues,
+    eventLog: r.event_log,
+    agentKeyCertify: r.agent_key_certify,
+    agentKeyCertifySignature: r.agent_key_certify_signature,
+    eventLogSha256: r.event_log_sha256,
+  };
 }
 
 export function challengeToWire(c: Challenge): WireAttestResponse {
@@ -88,6 +97,9 @@ const CODE_OF: Partial<Record<AttestationReason, grpc.status>> = {
   'too-large': grpc.status.INVALID_ARGUMENT,
   'csr-invalid': grpc.status.INVALID_ARGUMENT,
   unauthenticated: grpc.status.UNAUTHENTICATED,
+  superseded: grpc.status.UNAUTHENTICATED,
+  'too-many-challenges': grpc.status.RESOURCE_EXHAUSTED,
+  'eventlog-required': grpc.status.FAILED_PRECONDITION,
   internal: grpc.status.UNAVAILABLE,
 };
 

@@ -51,6 +51,14 @@ function spiffeId(field: string, v: unknown): SpiffeId {
   return v;
 }
 
+const RESERVED_PREFIX = '/keel/';
+const AGENT_ID_SHAPE = '/keel/agent/tpm/<64 hex digits>';
+const AGENT_ID_PATH = /^\/keel\/agent\/tpm\/[0-9a-f]{64}$/;
+
+function isReserved(id: SpiffeId): boolean {
+  return id.path === '/keel' || id.path.startsWith(RESERVED_PREFIX);
+}
+
 export function normalizeEntry(input: Omit<EntryInput, 'id'>): NormalizedEntry {
   const sid = spiffeId('spiffeId', input.spiffeId);
   const pid = spiffeId('parentId', input.parentId);
@@ -58,6 +66,11 @@ export function normalizeEntry(input: Omit<EntryInput, 'id'>): NormalizedEntry {
     throw new InvalidRecordError('parentId', `${pid.toString()} is not in the trust domain of ${sid.toString()}`);
   }
   if (isServerId(sid)) throw new InvalidRecordError('spiffeId', `${sid.toString()} is the server's own ID`);
+  // /keel/ is keel's own namespace: a workload holding an agent's ID could call the Node API as that node.
+  if (isReserved(sid)) throw new InvalidRecordError('spiffeId', `${sid.toString()} is in keel's reserved namespace ${RESERVED_PREFIX}: agent and server IDs are issued by attestation only`);
+  if (isReserved(pid) && !isServerId(pid) && !AGENT_ID_PATH.test(pid.path)) {
+    throw new InvalidRecordError('parentId', `${pid.toString()} is in keel's reserved namespace ${RESERVED_PREFIX} and is neither the server nor an agent ID (${AGENT_ID_SHAPE})`);
+  }
   const selectors = normalizeSelectors(input.selectors);
   if (selectors.length === 0) throw new InvalidRecordError('selectors', 'an entry needs at least one selector');
 
