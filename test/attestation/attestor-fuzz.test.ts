@@ -5,7 +5,7 @@
  * and never a node record. Pure logic: the EK and AK are software keys, the
  * store is a real SQLite file, and the CA is a stub that must never be reached.
  */
-import { generateKeyPairSync } from 'node:crypto';
+import { createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,7 +16,7 @@ import { ATTESTATION_REASONS, AttestationError, Attestor, type PendingAttestatio
 import { SqliteDatastore } from '../../src/server/store/index.js';
 import { memoryAuditLog } from '../../src/log/index.js';
 import { TrustDomain } from '../../src/spiffe/id.js';
-import { TPM_ALG, TPMA_OBJECT, checkAkPublic, ekPublicHash, marshalTpmtPublic, parseTpmtPublic, tpmtPublicFromPublicKey } from '../../src/tpm/index.js';
+import { TPM_ALG, TPMA_OBJECT, checkAgentKeyPublic, checkAkPublic, ekPublicHash, marshalTpmtPublic, parseTpmtPublic, tpmtPublicFromPublicKey } from '../../src/tpm/index.js';
 import { parseCsr } from '../../src/server/ca/index.js';
 
 const EK_ATTRS = 0x000300b2;
@@ -32,9 +32,17 @@ const ak = tpmtPublicFromPublicKey(generateKeyPairSync('ec', { namedCurve: 'P-25
   objectAttributes: AK_ATTRS,
   scheme: { scheme: TPM_ALG.ECDSA, hashAlg: TPM_ALG.SHA256 },
 });
+const AGENT_KEY_ATTRS = TPMA_OBJECT.fixedTPM | TPMA_OBJECT.fixedParent | TPMA_OBJECT.sensitiveDataOrigin | TPMA_OBJECT.userWithAuth | TPMA_OBJECT.sign;
+const agentPrivate = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
+const agentKey = tpmtPublicFromPublicKey(createPublicKey(agentPrivate), {
+  nameAlg: TPM_ALG.SHA256,
+  objectAttributes: AGENT_KEY_ATTRS,
+  scheme: { scheme: TPM_ALG.ECDSA, hashAlg: TPM_ALG.SHA256 },
+});
 const ekBytes = marshalTpmtPublic(ek);
 const akBytes = marshalTpmtPublic(ak);
-const csr = buildCsr(generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey);
+const agentKeyBytes = marshalTpmtPublic(agentKey);
+const csr = buildCsr(agentPrivate);
 
 let dir: string;
 let store: SqliteDatastore;
@@ -93,18 +101,19 @@ const mangled = (good: Buffer): fc.Arbitrary<Buffer> =>
 
 describe('Attestor.begin with mangled params', () => {
   it('the honest software EK/AK/CSR pass begin (so the properties below exercise the checks, not a broken fixture)', async () => {
-    const { challenge } = await attestor.begin({ ekPublic: ekBytes, akPublic: akBytes, csr });
+    const { challenge } = await attestor.begin({ ekPublic: ekBytes, akPublic: akBytes, csr, agentKeyPublic: agentKeyBytes });
     expect(challenge.nonce).toHaveLength(32);
   });
 
   it('refuses any mangled EK public, AK public or CSR with a typed reason and records nothing', async () => {
-    const good = { ekPublic: ekBytes, akPublic: akBytes, csr };
+    const good = { ekPublic: ekBytes, akPublic: akBytes, csr, agentKeyPublic: agentKeyBytes };
     await fc.assert(
       fc.asyncProperty(
         fc.oneof(
           mangled(ekBytes).map((v) => ['ekPublic', v] as const),
           mangled(akBytes).map((v) => ['akPublic', v] as const),
           mangled(csr).map((v) => ['csr', v] as const),
+          mangled(agentKeyBytes).map((v) => ['agentKeyPublic', v] as const),
         ),
         async ([field, value]) => {
           fc.pre(!value.equals(good[field]));
@@ -118,6 +127,8 @@ describe('Attestor.begin with mangled params', () => {
             if (field === 'ekPublic') expect(ekPublicHash(parseTpmtPublic(value))).toBe(ekPublicHash(ek));
             if (field === 'akPublic') expect(() => checkAkPublic(parseTpmtPublic(value))).not.toThrow();
             if (field === 'csr') expect(() => parseCsr(value)).not.toThrow();
+            // An attribute flip that keeps an unrestricted, fixedTPM signing key for the CSR's key is still that key.
+            if (field === 'agentKeyPublic') expect(() => checkAgentKeyPublic(parseTpmtPublic(value))).not.toThrow();
           } else {
             expect(r).toBeInstanceOf(AttestationError);
             expect(reasons.has((r as AttestationError).reason)).toBe(true);
@@ -131,7 +142,7 @@ describe('Attestor.begin with mangled params', () => {
 
   it('refuses non-byte values where bytes belong', async () => {
     for (const bad of [42, 'text', {}, [1, 2], null]) {
-      const e = await refusal(attestor.begin({ ekPublic: ekBytes, akPublic: bad as never, csr }));
+      const e = await refusal(attestor.begin({ ekPublic: ekBytes, akPublic: bad as never, csr, agentKeyPublic: agentKeyBytes }));
       expect(e.reason).toBe('malformed');
     }
   });
@@ -147,7 +158,7 @@ describe('Attestor.complete with mangled answers', () => {
         fc.oneof(fc.constant(new Uint8Array(0)), fc.uint8Array({ maxLength: 4000 }), fc.constant(new Uint8Array(70_000))),
         fc.boolean(),
         async (quote, signature, banks, eventLog, rightSecret) => {
-          const { state } = await attestor.begin({ ekPublic: ekBytes, akPublic: akBytes, csr });
+          const { state } = await attestor.begin({ ekPublic: ekBytes, akPublic: akBytes, csr, agentKeyPublic: agentKeyBytes });
           const e = await refusal(
             attestor.complete(state as PendingAttestation, {
               secret: rightSecret ? state.secret : Buffer.alloc(32),

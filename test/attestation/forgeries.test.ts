@@ -6,15 +6,20 @@
  * unchanged, the one audit line names the reason, and the nonce was spent
  * exactly when a challenge was issued.
  */
-import { generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
+import { buildCsrWithSigner } from '../../src/spiffe/csr.js';
 import {
   NodeApiClient,
   NodeApiError,
   attestNode,
   buildCsr,
+  credentialOf,
+  softwareAgentKey,
+  BoundChannelCredentials,
+  type AgentCredential,
   quoteForChallenge,
   type AgentSvid,
   type WireAnswer,
@@ -27,7 +32,7 @@ import { SpiffeId } from '../../src/spiffe/id.js';
 import { TPMA_OBJECT, ekPublicHash, marshalTpmtPublic, parseTpmtPublic } from '../../src/tpm/index.js';
 import type { AkBlobs, AkHandle } from '../../src/tpm/device.js';
 import { parseSelector } from '../../src/server/store/index.js';
-import { derToPem, type CertificateAuthority } from '../../src/server/ca/index.js';
+import type { CertificateAuthority } from '../../src/server/ca/index.js';
 import { HsmFixture, TD, openCa, snapshot, startServer, startTpm, type TestServer, type TestTpm } from './harness.js';
 
 const FAR_FUTURE = new Date(8.64e15);
@@ -48,7 +53,10 @@ let ekCertA: Buffer;
 let ekB: Buffer;
 let ekCertB: Buffer;
 let eccCertA: Buffer;
-const agentKey = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
+/** A key in process memory: for workload CSRs, and for forgers who have no TPM key. */
+const softKey = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
+/** A's honest CSR: for A's agent key, signed in A's TPM. */
+let csrA: Buffer;
 let attested: AgentSvid;
 
 async function loadAk(t: TestTpm): Promise<{ blobs: AkBlobs; handle: AkHandle }> {
@@ -80,7 +88,8 @@ beforeAll(async () => {
   ekB = await B.device.ekPublic('rsa-2048');
   ekCertB = (await B.device.ekCertificate('rsa-2048'))!;
   // An honest node (A's ECC EK, its own AK) for the renewal and banning cases.
-  attested = await attestNode({ device: A.device, ekKind: 'ecc-p384', csrKey: agentKey, serverAddress: server.address, serverCaBundle: server.caPem, trustDomain: TD });
+  csrA = await buildCsrWithSigner(A.key.publicKey, (d) => A.key.sign(d));
+  attested = await attestNode({ device: A.device, ekKind: 'ecc-p384', agentKey: A.agentKey, serverAddress: server.address, serverCaBundle: server.caPem, trustDomain: TD });
 });
 afterAll(async () => {
   await server?.close();
@@ -92,18 +101,24 @@ afterAll(async () => {
 
 // ── the forger's tools ─────────────────────────────────────────────────────
 
-const honestParams = (): WireParams => ({ ek_public: ekA, ek_certificate: ekCertA, ak_public: akA.blobs.public, csr: buildCsr(agentKey) });
+const honestParams = (): WireParams => ({ ek_public: ekA, ek_certificate: ekCertA, ak_public: akA.blobs.public, csr: csrA, agent_key_public: A.agentKey.public });
+
+/** TPM2_Certify of A's agent key by `ak` over the challenge's nonce. */
+async function certified(ch: WireChallenge, ak: AkHandle = akA.handle, t: TestTpm = A): Promise<WireAnswer> {
+  const c = await t.device.certify(t.agentKey, ak, ch.nonce);
+  return { agent_key_certify: c.attest, agent_key_certify_signature: c.signature };
+}
 
 async function honestAnswer(ch: WireChallenge): Promise<WireAnswer> {
   const secret = await A.device.activateCredential(akA.handle, 'rsa-2048', ch.credential_blob, ch.encrypted_secret);
-  return { secret, ...(await quoteForChallenge(A.device, akA.handle, akA.blobs.public, ch)) };
+  return { secret, ...(await quoteForChallenge(A.device, akA.handle, akA.blobs.public, ch)), ...(await certified(ch)) };
 }
 
 interface Track {
   nonce?: Buffer;
 }
 
-function client(svid?: { chainPem: string; key: KeyObject }): NodeApiClient {
+function client(svid?: AgentCredential): NodeApiClient {
   return new NodeApiClient({ address: server.address, serverCaBundle: server.caPem, trustDomain: TD, ...(svid ? { clientSvid: svid } : {}) });
 }
 
@@ -112,7 +127,7 @@ function forge(
   params: Partial<WireParams> = {},
   answer: (ch: WireChallenge) => Promise<WireAnswer> = honestAnswer,
   method: 'Attest' | 'RenewAgent' = 'Attest',
-  svid?: { chainPem: string; key: KeyObject },
+  svid?: AgentCredential,
 ) {
   return async (track: Track): Promise<unknown> => {
     const c = client(svid);
@@ -130,7 +145,7 @@ function forge(
 const renewParams = (): Partial<WireParams> => ({ ek_public: Buffer.alloc(0), ek_certificate: Buffer.alloc(0), ak_public: attestedAk().public });
 let attestedAkBlobs: AkBlobs;
 const attestedAk = (): AkBlobs => attestedAkBlobs;
-const attestedSvid = () => ({ chainPem: attested.svidChain.map((d) => derToPem(d)).join(''), key: agentKey });
+const attestedSvid = (): AgentCredential => A.credential(attested.svidChain);
 
 type Stage = 'begin' | 'complete' | 'none';
 
@@ -209,14 +224,34 @@ describe('EK and AK admission (refused before any challenge)', () => {
   it('AK public with trailing bytes', () => expectRefused('malformed', forge({ ak_public: Buffer.concat([akA.blobs.public, Buffer.from([0])]) }), 'begin'));
   it('garbage EK certificate', () => expectRefused('malformed', forge({ ek_certificate: randomBytes(500) }), 'begin'));
   it('oversized EK public', () => expectRefused('too-large', forge({ ek_public: Buffer.alloc(5000, 1) }), 'begin'));
-  it('CSR with a bad signature', () => {
-    const csr = buildCsr(agentKey);
-    return expectRefused('csr-invalid', forge({ csr: flip(csr, -4) }), 'begin');
-  });
+  it('CSR with a bad signature', () => expectRefused('csr-invalid', forge({ csr: flip(csrA, -4) }), 'begin'));
   it('garbage CSR', () => expectRefused('csr-invalid', forge({ csr: randomBytes(200) }), 'begin'));
   it('oversized CSR', () => expectRefused('too-large', forge({ csr: Buffer.alloc(20_000, 0x30) }), 'begin'));
   it('no CSR', () => expectRefused('malformed', forge({ csr: Buffer.alloc(0) }), 'begin'));
   it('a challenge response before any params', () => expectRefused('malformed', rawOutOfOrder, 'begin'));
+  it('no agent key', () => expectRefused('malformed', forge({ agent_key_public: Buffer.alloc(0) }), 'begin'));
+  it('the AK offered as agent key (restricted: it cannot sign a channel binding)', () => expectRefused('agent-key-invalid', forge({ agent_key_public: akA.blobs.public }), 'begin'));
+  it('an agent key without fixedTPM (it could be duplicated off the TPM)', () =>
+    expectRefused('agent-key-invalid', forge({ agent_key_public: akWithAttributes({ public: A.agentKey.public, private: Buffer.alloc(0) }, (a) => a & ~TPMA_OBJECT.fixedTPM) }), 'begin'));
+  it('a CSR for a key in process memory next to the TPM agent key', () => expectRefused('agent-key-invalid', forge({ csr: buildCsr(softKey) }), 'begin'));
+  it("B's agent key with A's CSR", () => expectRefused('agent-key-invalid', forge({ agent_key_public: B.agentKey.public }), 'begin'));
+});
+
+describe('the agent key (certified by the AK, or refused)', () => {
+  it('no certification', async () =>
+    expectRefused('agent-key-certify', forge({}, await withAnswer((a) => ({ ...a, agent_key_certify: Buffer.alloc(0), agent_key_certify_signature: Buffer.alloc(0) }))), 'complete'));
+  it('a certification over another nonce', async () =>
+    expectRefused('agent-key-certify', forge({}, await withAnswer(async (a, ch) => ({ ...a, ...(await certified({ ...ch, nonce: randomBytes(32) })) }))), 'complete'));
+  it('a certification by another AK of the same TPM', async () =>
+    expectRefused('agent-key-certify', forge({}, await withAnswer(async (a, ch) => ({ ...a, ...(await withAk(A, 'rsa-2048', akA2, (h) => certified(ch, h))) }))), 'complete'));
+  it("the key of TPM B certified by B's AK, offered for A", async () =>
+    expectRefused(
+      'agent-key-certify',
+      forge({ agent_key_public: A.agentKey.public }, await withAnswer(async (a, ch) => ({ ...a, ...(await certified(ch, akB.handle, B)) }))),
+      'complete',
+    ));
+  it('one bit flipped in the certification', async () =>
+    expectRefused('agent-key-certify', forge({}, await withAnswer((a) => ({ ...a, agent_key_certify: flip(a.agent_key_certify!, 30) }))), 'complete'));
 });
 
 describe('challenge answers (the nonce is spent by every answer)', () => {
@@ -313,13 +348,15 @@ describe('challenge answers (the nonce is spent by every answer)', () => {
       'transport',
     ));
   it('the same challenge answered twice (Attestor, real swtpm answers)', async () => {
-    const { challenge, state } = await server.attestor.begin({ ekPublic: ekA, ekCertificate: ekCertA, akPublic: akA.blobs.public, csr: buildCsr(agentKey) });
+    const { challenge, state } = await server.attestor.begin({ ekPublic: ekA, ekCertificate: ekCertA, akPublic: akA.blobs.public, csr: csrA, agentKeyPublic: A.agentKey.public });
     const wire = await honestAnswer({ credential_blob: challenge.credentialBlob, encrypted_secret: challenge.encryptedSecret, nonce: challenge.nonce, pcr_selection: challenge.pcrSelection.map((s) => ({ bank: s.bank, pcrs: [...s.pcrs] })) });
     const answer = {
       secret: wire.secret!,
       quote: wire.quote!,
       quoteSignature: wire.quote_signature!,
       pcrValues: wire.pcr_values!.map((b) => ({ bank: b.bank, values: new Map(Object.entries(b.values).map(([k, v]) => [Number(k), v])) })),
+      agentKeyCertify: wire.agent_key_certify!,
+      agentKeyCertifySignature: wire.agent_key_certify_signature!,
     };
     // Spend it with a wrong secret first, then try the honest answer.
     const before = snapshot(await server.nodes());
@@ -331,7 +368,7 @@ describe('challenge answers (the nonce is spent by every answer)', () => {
     expect(snapshot(await server.nodes())).toBe(before);
   });
   it('a nonce the server never issued (Attestor)', async () => {
-    const { state } = await server.attestor.begin({ ekPublic: ekA, ekCertificate: ekCertA, akPublic: akA.blobs.public, csr: buildCsr(agentKey) });
+    const { state } = await server.attestor.begin({ ekPublic: ekA, ekCertificate: ekCertA, akPublic: akA.blobs.public, csr: csrA, agentKeyPublic: A.agentKey.public });
     await expectRefused('nonce-unknown', () => server.attestor.complete({ ...state, nonce: randomBytes(32) }, { secret: state.secret, quote: Buffer.alloc(0), quoteSignature: Buffer.alloc(0), pcrValues: [] }), 'none');
   });
 });
@@ -340,30 +377,40 @@ describe('renewal and SVID calls (mTLS)', () => {
   beforeAll(() => {
     attestedAkBlobs = (attested as AgentSvid).akBlobs!;
   });
-  const renewAnswer = (ch: WireChallenge, blobs: AkBlobs): Promise<WireAnswer> => withAk(A, 'ecc-p384', blobs, (h) => quoteForChallenge(A.device, h, blobs.public, ch));
+  const renewParamsWithKey = (): Partial<WireParams> => ({ ...renewParams(), csr: csrA, agent_key_public: A.agentKey.public });
+  const renewAnswer = (ch: WireChallenge, blobs: AkBlobs): Promise<WireAnswer> =>
+    withAk(A, 'ecc-p384', blobs, async (h) => ({ ...(await quoteForChallenge(A.device, h, blobs.public, ch)), ...(await certified(ch, h)) }));
 
   it('renewal with an SVID of another trust domain', async () => {
     const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
     const foreign = await otherCa.issueX509Svid({ csr: buildCsr(key), spiffeId: attested.spiffeId.replace(`//${TD}/`, '//other.org/'), ttlSeconds: 300 });
-    await expectRefused('unauthenticated', forge(renewParams(), (ch) => renewAnswer(ch, attestedAk()), 'RenewAgent', { chainPem: derToPem(foreign.certDer), key }), 'begin', 'node.renewal_refused');
+    await expectRefused('unauthenticated', forge(renewParamsWithKey(), (ch) => renewAnswer(ch, attestedAk()), 'RenewAgent', credentialOf([foreign.certDer], softwareAgentKey(key))), 'begin', 'node.connection_refused');
   });
-  it('renewal without a client certificate', () =>
-    expectRefused('unauthenticated', forge(renewParams(), (ch) => renewAnswer(ch, attestedAk()), 'RenewAgent'), 'begin', 'node.renewal_refused'));
+  it('renewal on an anonymous connection', () =>
+    expectRefused('unauthenticated', forge(renewParamsWithKey(), (ch) => renewAnswer(ch, attestedAk()), 'RenewAgent'), 'begin', 'node.renewal_refused'));
   it('renewal with a workload SVID (not an agent ID) of the right trust domain', async () => {
     const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
     const w = await server.ca.issueX509Svid({ csr: buildCsr(key), spiffeId: `spiffe://${TD}/web`, ttlSeconds: 300 });
-    await expectRefused('unauthenticated', forge(renewParams(), (ch) => renewAnswer(ch, attestedAk()), 'RenewAgent', { chainPem: derToPem(w.certDer), key }), 'begin', 'node.renewal_refused');
+    await expectRefused('unauthenticated', forge(renewParamsWithKey(), (ch) => renewAnswer(ch, attestedAk()), 'RenewAgent', credentialOf([w.certDer], softwareAgentKey(key))), 'begin', 'node.connection_refused');
+  });
+  it('the agent SVID copied off the node, used with a key that is not the TPM\'s', async () => {
+    // The chain is genuine; the thief cannot sign the channel binding with the key it certifies.
+    await expectRefused('unauthenticated', forge(renewParamsWithKey(), (ch) => renewAnswer(ch, attestedAk()), 'RenewAgent', credentialOf(attested.svidChain, softwareAgentKey(softKey))), 'begin', 'node.connection_refused');
   });
   it('renewal with another AK than the one the node attested with', () =>
-    expectRefused('ak-changed', forge({ ...renewParams(), ak_public: akA2.public }, (ch) => renewAnswer(ch, attestedAk()), 'RenewAgent', attestedSvid()), 'begin', 'node.renewal_refused'));
+    expectRefused('ak-changed', forge({ ...renewParamsWithKey(), ak_public: akA2.public }, (ch) => renewAnswer(ch, attestedAk()), 'RenewAgent', attestedSvid()), 'begin', 'node.renewal_refused'));
   it('renewal quoted by another AK than the one named', () =>
-    expectRefused('quote-signature', forge(renewParams(), (ch) => withAk(A, 'rsa-2048', akA2, (h) => quoteForChallenge(A.device, h, akA2.public, ch)), 'RenewAgent', attestedSvid()), 'complete', 'node.renewal_refused'));
+    expectRefused('quote-signature', forge(renewParamsWithKey(), (ch) => withAk(A, 'rsa-2048', akA2, (h) => quoteForChallenge(A.device, h, akA2.public, ch)), 'RenewAgent', attestedSvid()), 'complete', 'node.renewal_refused'));
+  it('renewal for a key other than the TPM agent key (a CSR for a software key)', () =>
+    expectRefused('agent-key-invalid', forge({ ...renewParamsWithKey(), csr: buildCsr(softKey) }, (ch) => renewAnswer(ch, attestedAk()), 'RenewAgent', attestedSvid()), 'begin', 'node.renewal_refused'));
+  it('renewal without the certification of the agent key', () =>
+    expectRefused('agent-key-certify', forge(renewParamsWithKey(), (ch) => withAk(A, 'ecc-p384', attestedAk(), (h) => quoteForChallenge(A.device, h, attestedAk().public, ch)), 'RenewAgent', attestedSvid()), 'complete', 'node.renewal_refused'));
   it('SignX509Svids for an entry the agent is not authorized for', async () => {
     const entry = await server.store.createEntry({ spiffeId: SpiffeId.parse(`spiffe://${TD}/not-yours`), parentId: SpiffeId.parse(`spiffe://${TD}/keel/agent/tpm/${'1'.repeat(64)}`), selectors: [parseSelector('unix:uid:0')] });
     server.takeAudit();
     const c = client(attestedSvid());
     try {
-      const [r] = await c.signX509Svids([{ entryId: entry.id, csr: buildCsr(agentKey) }]);
+      const [r] = await c.signX509Svids([{ entryId: entry.id, csr: buildCsr(softKey) }]);
       expect(r).toMatchObject({ error: 'not-authorized', cert_chain: [] });
       expect(server.takeAudit()).toEqual([expect.objectContaining({ event: 'svid.refused', entryId: entry.id, reason: 'not-authorized' })]);
     } finally {
@@ -374,7 +421,7 @@ describe('renewal and SVID calls (mTLS)', () => {
     server.takeAudit();
     const c = client();
     try {
-      const e = await c.signX509Svids([{ entryId: 'x', csr: buildCsr(agentKey) }]).catch((x) => x);
+      const e = await c.signX509Svids([{ entryId: 'x', csr: buildCsr(softKey) }]).catch((x) => x);
       expect((e as NodeApiError).reason).toBe('unauthenticated');
       expect(server.takeAudit()).toEqual([expect.objectContaining({ event: 'svid.refused', reason: 'unauthenticated' })]);
     } finally {
@@ -412,7 +459,7 @@ describe('state-changing cases (last)', () => {
 /** A raw stream that sends a challenge_response first. */
 async function rawOutOfOrder(): Promise<unknown> {
   const Ctor = nodeApiClientConstructor();
-  const c = new Ctor(server.address, grpc.credentials.createSsl(Buffer.from(server.caPem), null, null, { checkServerIdentity: () => undefined }));
+  const c = new Ctor(server.address, new BoundChannelCredentials({ trustPem: () => server.caPem, serverId: `spiffe://${TD}/keel/server` }));
   try {
     return await new Promise((resolve, reject) => {
       const call = (c as unknown as { Attest: () => grpc.ClientDuplexStream<unknown, unknown> }).Attest();

@@ -162,7 +162,7 @@ export async function startServer(hsm: Hsm, setup: ServerSetup = {}): Promise<Te
 export interface TestTpm {
   readonly sim: Swtpm;
   readonly device: TpmDevice;
-  /** An agent key made in this TPM and kept loaded (one of swtpm's three object slots). */
+  /** An agent key made in this TPM, persistent at AGENT_KEY_HANDLE. */
   readonly agentKey: AgentKeyHandle;
   /** The same key as a signer (CSR, channel binding). */
   readonly key: AgentKey;
@@ -171,11 +171,17 @@ export interface TestTpm {
   close(): Promise<void>;
 }
 
+export const AGENT_KEY_HANDLE = 0x81018100;
+
 export async function startTpm(): Promise<TestTpm> {
   const sim = await startSwtpm();
   try {
     const device = await TpmDevice.open(sim.tcti);
-    const agentKey = await device.loadAgentKey('rsa-2048', await device.createAgentKey('rsa-2048'));
+    // Persistent, so it takes none of swtpm's three transient object slots between commands.
+    const loaded = await device.loadAgentKey('rsa-2048', await device.createAgentKey('rsa-2048'));
+    await device.persistAk(loaded, AGENT_KEY_HANDLE);
+    await device.flush(loaded);
+    const agentKey = await device.agentKeyFromPersistent(AGENT_KEY_HANDLE);
     const key = tpmAgentKey(device, agentKey);
     return {
       sim,

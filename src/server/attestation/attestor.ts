@@ -149,8 +149,9 @@ function checkAgentKey(bytes: Buffer, csr: ParsedCsr): TpmtPublic {
 
 /** The AK's TPM2_Certify of the agent key over the nonce. */
 function checkAgentKeyCertified(akPublic: TpmtPublic, keyPublic: TpmtPublic, nonce: Buffer, response: ChallengeResponse): void {
-  const attest = bytesOf(response?.agentKeyCertify, 'agent_key_certify', LIMITS.quote);
-  const signature = bytesOf(response.agentKeyCertifySignature, 'agent_key_certify_signature', LIMITS.signature);
+  const attest = bytesOf(response?.agentKeyCertify, 'agent_key_certify', LIMITS.quote, { optional: true });
+  const signature = bytesOf(response.agentKeyCertifySignature, 'agent_key_certify_signature', LIMITS.signature, { optional: true });
+  if (attest.length === 0 || signature.length === 0) fail('agent-key-certify', "no certification of the agent key by the AK: the key is not shown to live in the node's TPM");
   try {
     verifyCertify({ akPublic, attest, signature, nonce, objectPublic: keyPublic });
   } catch (e) {
@@ -284,8 +285,8 @@ export class Attestor {
       const existing = await this.#store.getNodeByEkHash(state.ekHash);
       if (existing?.status.kind === 'banned') fail('banned', `node ${existing.agentId.toString()} is banned: ${existing.status.reason}`);
       const previous = existing ? clockOf(existing) : undefined;
-      checkAgentKeyCertified(state.akPublic, state.agentKeyPublic, state.nonce, response);
       const measured = this.#checkMeasurements(state.akPublic, state.nonce, response, previous, state.agentId);
+      checkAgentKeyCertified(state.akPublic, state.agentKeyPublic, state.nonce, response);
       const selectors = [...state.admissionSelectors, ...measured.selectors];
 
       const svid = await this.#issue(state.csr, state.agentId);
@@ -364,8 +365,8 @@ export class Attestor {
   async completeRenewal(state: PendingRenewal, csr: ParsedCsr, response: ChallengeResponse): Promise<AttestationResult> {
     try {
       await this.#spendNonce(state.nonce, state.nonceContext);
-      checkAgentKeyCertified(state.akPublic, state.agentKeyPublic, state.nonce, response);
       const measured = this.#checkMeasurements(state.akPublic, state.nonce, response, state.previousClock, state.agentId);
+      checkAgentKeyCertified(state.akPublic, state.agentKeyPublic, state.nonce, response);
       const selectors = [...state.admissionSelectors, ...measured.selectors];
       const svid = await this.#issue(csr, state.agentId);
       try {
