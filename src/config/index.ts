@@ -17,4 +17,4 @@ export {
   type SecretSource,
 } from './values.js';
 export { CA_TTL_FACTOR, serverConfigSchema, type ServerConfig, type ServerConfigFile } from './server-schema.js';
-export { agentConfigSchema, DEFAULT_WORKLOAD_API_SOCKET, type AgentConfig, type AgentConfigFile } from './agent-schema.js';
+export { agentConfigSchema, DEFAULT_WORKLOAD_API_SOCKET, WORKLOAD_API_DEFAULTS, type AgentConfig, type AgentConfigFile } from './agent-schema.js';

@@ -50,6 +50,8 @@ let config: AgentConfig;
 let agent: RunningAgent | undefined;
 let client: WorkloadClient;
 let groupId: SpiffeId;
+/** Every line the agent logged. */
+const logLines: Record<string, unknown>[] = [];
 
 /** Polls until `cond` holds, or fails naming what it waited for. */
 async function until(cond: () => boolean | Promise<boolean>, ms: number, what: string): Promise<void> {
@@ -120,8 +122,8 @@ beforeAll(async () => {
   config = loadConfig(configFile, agentConfigSchema).agent;
   agent = await startAgent({
     config,
-    logger: createLogger({ level: 'warn', write: () => undefined }),
-    audit: () => undefined,
+    // The agent's own audit path (no `audit` override): the lines are checked below.
+    logger: createLogger({ level: 'info', write: (line) => void logLines.push(JSON.parse(line) as Record<string, unknown>) }),
     tuning: { backoff: { initialMs: 200, maxMs: 2000 }, keepaliveMs: 5000 },
   });
   client = workloadClient(config.workload_api.socket_path);
@@ -287,6 +289,14 @@ describe('a process under an unregistered uid', () => {
     const jwtRefused = await other.ask('jwt');
     expect(x509Refused).toMatchObject({ uid: NOBODY, ok: false, code: grpc.status.PERMISSION_DENIED, details: 'no identity issued' });
     expect(jwtRefused).toMatchObject({ uid: NOBODY, ok: false, code: grpc.status.PERMISSION_DENIED, details: 'no identity issued' });
+    // Each refusal is an audit line of the agent's log (audit: true), not a plain warning.
+    const refusals = logLines.filter((l) => l.event === 'workload.refused' && l.uid === NOBODY);
+    expect(refusals.map((l) => l.rpc).sort()).toEqual(expect.arrayContaining(['FetchJWTSVID', 'FetchX509SVID']));
+    for (const l of refusals) {
+      expect(l).toMatchObject({ audit: true, level: 'warn', msg: 'workload.refused', code: 'PERMISSION_DENIED', pid: x509Refused.pid, gid: NOBODY });
+      expect(l.selectors).toEqual(expect.arrayContaining([`unix:uid:${NOBODY}`]));
+    }
+    expect(logLines.some((l) => l.event === 'workload.issued' && l.audit === true && l.uid === UID)).toBe(true);
     // root, at the same time, holds its identities: the refusal is about the caller, not the agent.
     const mine = new StreamReader<X509SvidResponse>(client.FetchX509SVID({}, header()));
     expect((await mine.next()).svids.map((s) => s.spiffe_id).sort()).toEqual([`${OWN}/federating`, `${OWN}/stable`]);

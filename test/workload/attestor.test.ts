@@ -1,6 +1,6 @@
 /** Workload attestation of real processes: children spawned under other uids and groups, their /proc, their executables. */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, mkdtempSync, readFileSync, realpathSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, readlinkSync, realpathSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -50,13 +50,9 @@ describe('WorkloadAttestor on real processes', () => {
   it('supplementary groups from /proc/<pid>/status, with names from /etc/group', async () => {
     const child = await startChild('setpriv', ['--reuid=65534', '--regid=65534', '--groups=4,27', SLEEP, '30']);
     children.push(child);
-    // setpriv execs sleep in place: same pid
-    let att;
-    for (let i = 0; i < 100; i++) {
-      att = await new WorkloadAttestor().attestPid(child.pid!, { pid: child.pid!, uid: 65534, gid: 65534 });
-      if (att.selectors.some((s) => s.value === `path:${SLEEP}`)) break;
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    // setpriv execs sleep in place: same pid. Attested once it runs sleep (an exec during attestation is refused).
+    for (let i = 0; i < 100 && readlinkSync(`/proc/${child.pid}/exe`) !== SLEEP; i++) await new Promise((r) => setTimeout(r, 20));
+    const att = await new WorkloadAttestor().attestPid(child.pid!, { pid: child.pid!, uid: 65534, gid: 65534 });
     const sel = att!.selectors.map(formatSelector);
     const name = (gid: number) => readFileSync('/etc/group', 'utf8').split('\n').find((l) => l.split(':')[2] === String(gid))!.split(':')[0];
     expect(sel).toEqual(
@@ -104,6 +100,34 @@ describe('WorkloadAttestor on real processes', () => {
     expect((err as WorkloadAttestationError).reason).toBe('process-newer-than-connection');
     // and accepts it against a later acceptance time
     await expect(a.attestPid(child.pid!, { pid: child.pid!, uid: 0, gid: 0 }, await uptimeTicks())).resolves.toBeDefined();
+  });
+
+  it("a process that exec's another program after its image was recorded: attestation bound to that image refuses it, isSameProcess turns false", async () => {
+    const sh = realpathSync('/bin/sh');
+    const child = spawn(sh, ['-c', `read x; exec ${SLEEP} 30`], { stdio: ['pipe', 'ignore', 'ignore'] });
+    children.push(child);
+    await new Promise((r) => child.once('spawn', r));
+    for (let i = 0; i < 100 && readlinkSync(`/proc/${child.pid}/exe`) !== sh; i++) await new Promise((r) => setTimeout(r, 20));
+    const a = new WorkloadAttestor({ wants: () => true });
+    const peer = { pid: child.pid!, uid: 0, gid: 0 };
+    const image = a.imageOf(child.pid!);
+    // Bound to the shell, attested while it is the shell: served, with the shell's path and hash.
+    const before = await a.attestPid(child.pid!, peer, undefined, image);
+    expect(before.selectors.map(formatSelector)).toContain(`unix:path:${sh}`);
+    expect(await image.sha256).toBe(sha256sum(sh));
+    child.stdin!.end('go\n');
+    for (let i = 0; i < 100 && readlinkSync(`/proc/${child.pid}/exe`) !== SLEEP; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(readlinkSync(`/proc/${child.pid}/exe`)).toBe(SLEEP);
+    // Same pid, same start time: only the executable tells the exec apart.
+    expect(a.imageOf(child.pid!).startTime).toBe(image.startTime);
+    expect(await a.isSameProcess(before.stamp)).toBe(false);
+    const err = await a.attestPid(child.pid!, peer, undefined, image).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WorkloadAttestationError);
+    expect((err as WorkloadAttestationError).reason).toBe('exe-changed');
+    expect((err as Error).message).toContain("exec'd since");
+    // Unbound, the same process attests as sleep: the binding is what refuses.
+    const unbound = await a.attestPid(child.pid!, peer);
+    expect(unbound.selectors.map(formatSelector)).toContain(`unix:path:${SLEEP}`);
   });
 
   it('refuses pids that are not process ids', async () => {

@@ -192,7 +192,7 @@ describe('caller identity per connection, across uids and processes', () => {
       expect(call.messages).toEqual([]);
       // the token was minted, and withheld
       expect(source.jwtMints).toBe(mintsBefore + 1);
-      expect(audit.at(-1)!.reason).toMatch(/exited or was reused/);
+      expect(audit.at(-1)!.reason).toMatch(/exited, was reused/);
     } finally {
       source.beforeJwtReturn = undefined;
       session.destroy();

@@ -7,6 +7,8 @@ import * as grpc from '@grpc/grpc-js';
 import { createLocalJWKSet, jwtVerify } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startWorkloadApiServer, WorkloadApiStartError, type WorkloadApiServer, type WorkloadAuditEvent } from '../../src/agent/workload/index.js';
+import { mintJwtSvid } from '../../src/spiffe/index.js';
+import { SpiffeId, TrustDomain } from '../../src/spiffe/id.js';
 import { FakeIdentitySource } from './fake-source.js';
 import { header, StreamReader, tmpSocketPath, unary, workloadClient, type BundlesResponse, type WorkloadClient, type X509SvidResponse } from './client.js';
 
@@ -134,6 +136,30 @@ describe('Workload API over a Unix socket', () => {
     expect([e.code, e.details]).toEqual([grpc.status.INVALID_ARGUMENT, 'audience must be specified']);
     e = await statusOf(unary(client, 'ValidateJWTSVID', { audience: 'svc', svid: '' }));
     expect([e.code, e.details]).toEqual([grpc.status.INVALID_ARGUMENT, 'svid must be specified']);
+  });
+
+  it('FetchJWTSVID: more than 16 audiences, or an audience over 1024 characters, is InvalidArgument (the request is wrong, not the server); 16 are served', async () => {
+    const aud = (n: number) => Array.from({ length: n }, (_, i) => `aud-${i}`);
+    const ok = await unary<{ svids: { svid: string }[] }>(client, 'FetchJWTSVID', { audience: aud(16), spiffe_id: 'spiffe://example.org/web' });
+    expect(JSON.parse(Buffer.from(ok.svids[0]!.svid.split('.')[1]!, 'base64url').toString()).aud).toHaveLength(16);
+    const mints = source.jwtMints;
+    let e = await statusOf(unary(client, 'FetchJWTSVID', { audience: aud(17) }));
+    expect([e.code, e.details]).toEqual([grpc.status.INVALID_ARGUMENT, 'at most 16 audiences, got 17']);
+    e = await statusOf(unary(client, 'FetchJWTSVID', { audience: ['x'.repeat(1025)] }));
+    expect([e.code, e.details]).toEqual([grpc.status.INVALID_ARGUMENT, 'an audience is longer than 1024 characters']);
+    // Refused before anything was minted.
+    expect(source.jwtMints).toBe(mints);
+  });
+
+  it('ValidateJWTSVID: a validly signed token whose sub is the trust domain ID (no path) is InvalidArgument; the same token for a workload ID validates', async () => {
+    const td = TrustDomain.parse('example.org');
+    const mint = (sub: SpiffeId) => mintJwtSvid({ signer: source.own.signer, sub, aud: ['svc'], expiresAt: new Date(Date.now() + 300_000) });
+    const good = await unary<{ spiffe_id: string }>(client, 'ValidateJWTSVID', { audience: 'svc', svid: await mint(td.child('/web')) });
+    expect(good.spiffe_id).toBe('spiffe://example.org/web');
+    const e = await statusOf(unary(client, 'ValidateJWTSVID', { audience: 'svc', svid: await mint(td.id()) }));
+    expect(e.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(e.details).toBe('sub spiffe://example.org is a trust domain ID, not the SPIFFE ID of a workload');
+    expect(audit.at(-1)).toMatchObject({ rpc: 'ValidateJWTSVID', outcome: 'refused', code: 'INVALID_ARGUMENT' });
   });
 
   it('the security header: missing, "false" or two values → InvalidArgument on every RPC', async () => {

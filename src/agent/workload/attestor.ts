@@ -4,10 +4,13 @@
  * registration entries are matched against. Nothing the caller says is used.
  *
  * A pid is only a name that the kernel reuses, so every answer is tied to a
- * ProcessStamp (pid + start time): the data is read between two reads of the
- * start time, and the server checks the stamp again just before it sends.
+ * ProcessStamp (pid + start time + the executable it runs): the data is read
+ * between two reads of the stamp, and the server checks the stamp again just
+ * before it sends. The start time catches a reused pid; the executable's
+ * device and inode catch a process that exec'd another program after it
+ * connected (the start time survives exec).
  */
-import { readFileSync, readlinkSync } from 'node:fs';
+import { readFileSync, readlinkSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { PeerCredentials } from '../../os/peercred.js';
 import { AccountFile } from './account-names.js';
@@ -23,17 +26,38 @@ import {
 } from './proc-parse.js';
 import type { Selector, SelectorKind } from './selectors.js';
 
-/** A process, named so that a later process with the same pid is a different one. */
+/** The file a process runs, as /proc/<pid>/exe leads to it (it stays the same file even if its path is replaced). */
+export interface ExeIdentity {
+  readonly dev: bigint;
+  readonly ino: bigint;
+}
+
+export const sameExe = (a: ExeIdentity, b: ExeIdentity): boolean => a.dev === b.dev && a.ino === b.ino;
+const showExe = (e: ExeIdentity): string => `dev ${e.dev} inode ${e.ino}`;
+
+/** A process, named so that a later process with the same pid, or the same process after an exec, is a different one. */
 export interface ProcessStamp {
   readonly pid: number;
   /** Clock ticks after boot (field 22 of /proc/<pid>/stat). */
   readonly startTime: bigint;
+  /** The executable; checked too when present (attestations always have it). */
+  readonly exe?: ExeIdentity;
+}
+
+/** What the process that opened a connection was when the connection was accepted. */
+export interface ProcessImage {
+  readonly startTime: bigint;
+  readonly exe: ExeIdentity;
+  /** SHA-256 of the executable, when some entry uses `unix:sha256`; settles later (hashing is slow). */
+  readonly sha256?: Promise<string | undefined>;
 }
 
 export interface WorkloadAttestation {
-  readonly stamp: ProcessStamp;
+  readonly stamp: ProcessStamp & { readonly exe: ExeIdentity };
   /** Sorted by type:value. */
   readonly selectors: readonly Selector[];
+  /** The `unix:sha256` value, when it was gathered. */
+  readonly sha256?: string;
 }
 
 export interface WorkloadAttestorOptions {
@@ -67,17 +91,47 @@ export class WorkloadAttestor {
   }
 
   /**
+   * What process `pid` is right now: start time and executable. Synchronous,
+   * so the accept callback can record it before anything else runs (the
+   * shorter the gap between connect and this, the less room for an exec).
+   * Throws WorkloadAttestationError.
+   */
+  imageOf(pid: number): ProcessImage {
+    if (!Number.isSafeInteger(pid) || pid <= 0) throw new WorkloadAttestationError('process-gone', pid, 'not a process id');
+    const startTime = this.#startTime(pid);
+    const exe = this.#exe(pid);
+    if (this.#startTime(pid) !== startTime) throw new WorkloadAttestationError('process-gone', pid, 'the process was replaced while it was being examined');
+    if (!this.#wants('unix:sha256')) return { startTime, exe };
+    // Started now, awaited at the first call; a failure is judged then (as "no hash at accept").
+    const sha256 = this.#hasher.hash(join(this.#proc, String(pid), 'exe')).catch(() => undefined);
+    return { startTime, exe, sha256 };
+  }
+
+  /**
    * Selectors of process `pid`, whose uid/gid the kernel recorded in `peer`.
    * `startedBy`: clock ticks after boot at which the connection was accepted;
    * a process that started later cannot be the one that connected.
+   * `boundTo`: the process as it was when its connection was accepted; a
+   * process that has exec'd since (or is another one) is refused with 'exe-changed'.
    * Throws WorkloadAttestationError.
    */
-  async attestPid(pid: number, peer: PeerCredentials, startedBy?: bigint): Promise<WorkloadAttestation> {
+  async attestPid(pid: number, peer: PeerCredentials, startedBy?: bigint, boundTo?: ProcessImage): Promise<WorkloadAttestation> {
     if (!Number.isSafeInteger(pid) || pid <= 0) throw new WorkloadAttestationError('process-gone', pid, 'not a process id');
-    const startTime = await this.#startTime(pid);
+    const startTime = this.#startTime(pid);
     // One tick of slack: uptime and starttime are rounded differently.
     if (startedBy !== undefined && startTime > startedBy + 1n) {
       throw new WorkloadAttestationError('process-newer-than-connection', pid, 'the pid belongs to a process started after the connection was made');
+    }
+    if (boundTo !== undefined && boundTo.startTime !== startTime) {
+      throw new WorkloadAttestationError('process-newer-than-connection', pid, 'the pid belongs to another process than the one that opened the connection');
+    }
+    const exe = this.#exe(pid);
+    if (boundTo !== undefined && !sameExe(boundTo.exe, exe)) {
+      throw new WorkloadAttestationError(
+        'exe-changed',
+        pid,
+        `the process runs another executable (${showExe(exe)}) than when it opened the connection (${showExe(boundTo.exe)}): it exec'd since`,
+      );
     }
     const dir = join(this.#proc, String(pid));
     const status = this.#read(pid, join(dir, 'status'));
@@ -114,9 +168,15 @@ export class WorkloadAttestor {
     }
 
     add('unix', `path:${exePath}`);
+    let sha256: string | undefined;
     if (this.#wants('unix:sha256')) {
-      const hex = await this.#hasher.hash(join(dir, 'exe')).catch((e: unknown) => this.#fsFailure(pid, 'exe', e));
-      add('unix', `sha256:${hex}`);
+      sha256 = await this.#hasher.hash(join(dir, 'exe')).catch((e: unknown) => this.#fsFailure(pid, 'exe', e));
+      const atAccept = await boundTo?.sha256;
+      // Same file, other content: rewritten in place since the connection was made.
+      if (atAccept !== undefined && atAccept !== sha256) {
+        throw new WorkloadAttestationError('exe-changed', pid, 'the executable\'s content changed since the process opened the connection');
+      }
+      add('unix', `sha256:${sha256}`);
     }
 
     const unit = systemdUnitFromCgroup(cgroups);
@@ -124,22 +184,27 @@ export class WorkloadAttestor {
     const container = containerIdFromCgroup(cgroups);
     if (container !== undefined) add('container', `id:${container}`);
 
-    // Everything above must describe the process we started with.
-    if ((await this.#startTime(pid)) !== startTime) {
+    // Everything above must describe the process, and the image, we started with.
+    if (this.#startTime(pid) !== startTime) {
       throw new WorkloadAttestationError('process-gone', pid, 'the process was replaced while it was being attested');
+    }
+    const exeAfter = this.#exe(pid);
+    if (!sameExe(exeAfter, exe)) {
+      throw new WorkloadAttestationError('exe-changed', pid, `the process exec'd another executable (${showExe(exeAfter)}) while it was being attested`);
     }
     const selectors = out
       .map((s) => [`${s.type}:${s.value}`, s] as const)
       .sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
       .filter((e, i, all) => i === 0 || all[i - 1]![0] !== e[0])
       .map((e) => e[1]);
-    return { stamp: { pid, startTime }, selectors };
+    return { stamp: { pid, startTime, exe }, selectors, ...(sha256 !== undefined ? { sha256 } : {}) };
   }
 
-  /** Whether the process named by `stamp` is still alive and is still the same process. */
+  /** Whether the process named by `stamp` is still alive, is still the same process and (when the stamp names one) runs the same executable. */
   async isSameProcess(stamp: ProcessStamp): Promise<boolean> {
     try {
-      return (await this.#startTime(stamp.pid)) === stamp.startTime;
+      if (this.#startTime(stamp.pid) !== stamp.startTime) return false;
+      return stamp.exe === undefined || sameExe(this.#exe(stamp.pid), stamp.exe);
     } catch {
       return false;
     }
@@ -153,12 +218,22 @@ export class WorkloadAttestor {
   // procfs files are generated in memory by the kernel: reading them
   // synchronously costs microseconds, where a trip through libuv's thread
   // pool costs far more under load (measured in bench/workload-api.ts).
-  async #startTime(pid: number): Promise<bigint> {
+  #startTime(pid: number): bigint {
     const text = this.#read(pid, join(this.#proc, String(pid), 'stat'));
     try {
       return parseStatStartTime(text);
     } catch (e) {
       throw new WorkloadAttestationError('proc-malformed', pid, (e as Error).message);
+    }
+  }
+
+  /** stat (not lstat) of /proc/<pid>/exe: the executable file itself, even if unlinked or renamed since. */
+  #exe(pid: number): ExeIdentity {
+    try {
+      const st = statSync(join(this.#proc, String(pid), 'exe'), { bigint: true });
+      return { dev: st.dev, ino: st.ino };
+    } catch (e) {
+      return this.#fsFailure(pid, 'exe', e);
     }
   }
 

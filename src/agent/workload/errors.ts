@@ -1,9 +1,10 @@
 /** Typed errors of workload attestation and the Workload API server. */
 
-/** Why attesting a caller failed; the Workload API answers Unavailable for every one of them. */
+/** Why attesting a caller failed; the Workload API answers Unavailable for each, except 'exe-changed' (PermissionDenied). */
 export type AttestationFailure =
   | 'process-gone' // no /proc/<pid> (exited, or never visible to us)
   | 'process-newer-than-connection' // the pid now names a process started after the connection was accepted
+  | 'exe-changed' // the process that opened the connection exec'd another executable since
   | 'proc-unreadable' // a /proc file could not be read (permissions, race with exit)
   | 'proc-malformed'; // a /proc file did not have the shape the kernel writes
 
@@ -29,7 +30,7 @@ export class ProcFormatError extends Error {
   }
 }
 
-export type ServerStartFailure = 'socket-in-use' | 'bad-socket-path' | 'listen-failed' | 'proto-missing';
+export type ServerStartFailure = 'socket-in-use' | 'bad-socket-path' | 'unsafe-socket-directory' | 'listen-failed' | 'proto-missing';
 
 export class WorkloadApiStartError extends Error {
   override readonly name = 'WorkloadApiStartError';
@@ -37,6 +38,8 @@ export class WorkloadApiStartError extends Error {
     readonly reason: ServerStartFailure,
     readonly socketPath: string,
     detail: string,
+    /** With 'unsafe-socket-directory': the directory that failed the check. */
+    readonly directory?: string,
   ) {
     super(`Workload API on ${socketPath}: ${detail}`);
   }

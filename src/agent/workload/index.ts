@@ -1,8 +1,13 @@
 /** The agent's SPIFFE Workload API server and workload attestation. */
-export { startWorkloadApiServer, SECURITY_HEADER } from './server.js';
+export { startWorkloadApiServer, SECURITY_HEADER, MAX_JWT_AUDIENCES } from './server.js';
+export { workloadAuditEvent } from './audit.js';
+export { svidKeyGenerator, SVID_KEY_TYPES } from './svid-key.js';
+export type { SvidKeyType } from './svid-key.js';
+export { DEFAULT_LIMITS } from './limits.js';
+export type { WorkloadApiLimits } from './limits.js';
 export type { WorkloadApiServer, WorkloadApiServerOptions, WorkloadAuditEvent, WorkloadRpc } from './server.js';
 export { WorkloadAttestor, uptimeTicks } from './attestor.js';
-export type { ProcessStamp, WorkloadAttestation, WorkloadAttestorOptions } from './attestor.js';
+export type { ExeIdentity, ProcessImage, ProcessStamp, WorkloadAttestation, WorkloadAttestorOptions } from './attestor.js';
 export type {
   BundleSnapshot,
   IdentitySource,

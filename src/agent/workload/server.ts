@@ -3,16 +3,20 @@
  * on a Unix socket. Each call is judged by the kernel's record of the process
  * that opened the connection carrying it (see connection-identity.ts), that
  * process is attested from /proc, and the answer is sent only if the process
- * is still the same one (same pid and start time) when the answer is ready.
+ * is still the same one (same pid, start time and executable as when the
+ * connection was accepted) when the answer is ready. Connections and streams
+ * are bounded per uid and in total (limits.ts).
  */
 import type { Server as NetServer, Socket } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { JwtSvidError } from '../../spiffe/errors.js';
 import { InvalidSpiffeIdError } from '../../spiffe/errors.js';
 import { SpiffeId } from '../../spiffe/id.js';
-import { uptimeTicks, WorkloadAttestor, type WorkloadAttestation } from './attestor.js';
+import { peerCredentialsOf, type PeerCredentials } from '../../os/peercred.js';
+import { uptimeTicks, WorkloadAttestor, type ProcessImage, type WorkloadAttestation } from './attestor.js';
 import { ConnectionIdentities, type ConnectionIdentity } from './connection-identity.js';
 import { WorkloadAttestationError } from './errors.js';
+import { connectionOverLimit, DEFAULT_LIMITS, DropTally, REFUSING_GRACE_MS, REFUSING_MAX, UidCounts, type WorkloadApiLimits } from './limits.js';
 import type { Identity, IdentitySource, Unsubscribe } from './identity-source.js';
 import { jwtBundlesResponse, toStruct, x509BundlesResponse, x509SvidResponse } from './messages.js';
 import { workloadServiceDefinition } from './proto.js';
@@ -20,6 +24,12 @@ import { formatSelector, selectorSetKey } from './selectors.js';
 import { listenUnixSocket } from './uds-listener.js';
 
 export const SECURITY_HEADER = 'workload.spiffe.io';
+
+/** What the CA signs (src/server/ca/authority.ts): more is the caller's error, not an outage. */
+export const MAX_JWT_AUDIENCES = 16;
+export const MAX_JWT_AUDIENCE_CHARS = 1024;
+/** Per connection; each stream also counts against the uid's stream limit. */
+const MAX_CONCURRENT_STREAMS_PER_CONNECTION = 100;
 
 export type WorkloadRpc =
   | 'FetchX509SVID'
@@ -33,7 +43,8 @@ export type WorkloadRpc =
 /** One line of the audit log: every identity issued or refused, who asked and why. */
 export interface WorkloadAuditEvent {
   readonly time: string;
-  readonly rpc: WorkloadRpc;
+  /** 'connection' for refusals of a connection itself (limits, no peer credentials). */
+  readonly rpc: WorkloadRpc | 'connection';
   readonly outcome: 'issued' | 'refused';
   /** gRPC status name when refused (PERMISSION_DENIED, UNAVAILABLE, …). */
   readonly code?: string;
@@ -60,14 +71,20 @@ export interface WorkloadApiServerOptions {
    * session ended (e.g. a GOAWAY) but whose client never closed the socket.
    */
   readonly idleConnectionTimeoutMs?: number;
+  /** Connection and stream limits (defaults: limits.ts DEFAULT_LIMITS). */
+  readonly limits?: Partial<WorkloadApiLimits>;
 }
 
 export interface WorkloadApiServer {
   readonly socketPath: string;
   /** FetchX509SVID / FetchX509Bundles / FetchJWTBundles streams currently open. */
   readonly openStreams: number;
-  /** Accepted connections not yet closed. */
+  /** Accepted connections not yet closed (those being refused over a limit included). */
   readonly openConnections: number;
+  /** Served connections (not over a limit) of `uid`. */
+  connectionsOf(uid: number): number;
+  /** Open streams of `uid`. */
+  streamsOf(uid: number): number;
   /** Stops accepting, ends every stream with UNAVAILABLE, closes connections (forcibly after `graceMs`) and removes the socket file. */
   stop(graceMs?: number): Promise<void>;
 }
@@ -140,6 +157,12 @@ class WorkloadApi implements WorkloadApiServer {
   readonly #connections = new ConnectionIdentities();
   readonly #sockets = new Set<Socket>();
   readonly #streams = new Set<OpenStream>();
+  readonly #limits: WorkloadApiLimits;
+  /** Served connections per uid (over-limit ones are not counted). */
+  readonly #connCounts = new UidCounts();
+  readonly #streamCounts = new UidCounts();
+  readonly #drops = new DropTally();
+  #refusing = 0;
   /** Serialized answers of the current source generation, by stream kind and selector set. */
   readonly #answers = new Map<string, Answer>();
   readonly #grpc: grpc.Server;
@@ -157,7 +180,11 @@ class WorkloadApi implements WorkloadApiServer {
     this.#attestor = o.attestor ?? new WorkloadAttestor({ wants: (kind) => o.source.usesSelectorKind(kind) });
     this.#allowUnauthenticated = o.allowUnauthenticatedVerifiers ?? false;
     this.#audit = o.audit ?? defaultAudit;
-    this.#grpc = new grpc.Server({ 'grpc.max_connection_idle_ms': o.idleConnectionTimeoutMs ?? 300_000 });
+    this.#limits = { ...DEFAULT_LIMITS, ...o.limits };
+    this.#grpc = new grpc.Server({
+      'grpc.max_connection_idle_ms': o.idleConnectionTimeoutMs ?? 300_000,
+      'grpc.max_concurrent_streams': MAX_CONCURRENT_STREAMS_PER_CONNECTION,
+    });
 
     const def = workloadServiceDefinition();
     const method = (name: WorkloadRpc): grpc.MethodDefinition<object, object> => def[name] as grpc.MethodDefinition<object, object>;
@@ -183,7 +210,7 @@ class WorkloadApi implements WorkloadApiServer {
       FetchX509Bundles: (call: grpc.ServerWritableStream<unknown, unknown>) => void this.#openStream('FetchX509Bundles', 'x509bundles', call),
       FetchJWTBundles: (call: grpc.ServerWritableStream<unknown, unknown>) => void this.#openStream('FetchJWTBundles', 'jwtbundles', call),
       FetchJWTSVID: (call: grpc.ServerUnaryCall<JwtSvidRequest, unknown>, cb: grpc.sendUnaryData<unknown>) =>
-        void this.#unary('FetchJWTSVID', call, cb, (c) => this.#fetchJwtSvid(call.request, c)),
+        void this.#unary('FetchJWTSVID', call, cb, (c) => this.#fetchJwtSvid(call.request, c), () => checkAudience(call.request)),
       ValidateJWTSVID: (call: grpc.ServerUnaryCall<ValidateRequest, unknown>, cb: grpc.sendUnaryData<unknown>) =>
         void this.#unary('ValidateJWTSVID', call, cb, (c) => this.#validateJwtSvid(call.request, c), () => this.#checkValidateRequest(call.request)),
       FetchWITSVID: (call: grpc.ServerWritableStream<unknown, unknown>) => this.#unimplemented('FetchWITSVID', call),
@@ -200,6 +227,14 @@ class WorkloadApi implements WorkloadApiServer {
     return this.#sockets.size;
   }
 
+  connectionsOf(uid: number): number {
+    return this.#connCounts.of(uid);
+  }
+
+  streamsOf(uid: number): number {
+    return this.#streamCounts.of(uid);
+  }
+
   async listen(): Promise<void> {
     this.#unsubscribe = this.#source.subscribe(() => this.#onSourceChange());
     try {
@@ -210,7 +245,7 @@ class WorkloadApi implements WorkloadApiServer {
       throw e;
     }
     // After listening, an error (EMFILE on accept, …) must not crash the agent.
-    this.#netServer.on('error', (e) => this.#audit({ time: new Date().toISOString(), rpc: 'FetchX509SVID', outcome: 'refused', reason: `listener error: ${e.message}` }));
+    this.#netServer.on('error', (e) => this.#audit({ time: new Date().toISOString(), rpc: 'connection', outcome: 'refused', reason: `listener error: ${e.message}` }));
   }
 
   #accept(socket: Socket): void {
@@ -220,40 +255,116 @@ class WorkloadApi implements WorkloadApiServer {
     }
     // As close to accept as we can: a process younger than this did not open the connection.
     const acceptedBy = uptimeTicks().catch(() => undefined);
+    let peer: PeerCredentials;
     try {
-      this.#connections.attach(socket, acceptedBy);
+      peer = peerCredentialsOf(socket);
     } catch (e) {
       // Without the kernel's answer the connection cannot be served at all.
       socket.destroy();
+      this.#audit({ time: new Date().toISOString(), rpc: 'connection', outcome: 'refused', code: 'UNAVAILABLE', reason: `no peer credentials: ${(e as Error).message}` });
       return;
     }
+    const overLimit = connectionOverLimit(this.#limits, this.#connCounts, this.#connCounts.of(0), peer.uid);
+    if (overLimit !== undefined) {
+      this.#acceptOverLimit(socket, peer, acceptedBy, overLimit);
+      return;
+    }
+    // Right away, synchronously: what the process runs now is what it connected as (docs/agent.md says how close that is).
+    let image: ProcessImage | WorkloadAttestationError;
+    try {
+      image = this.#attestor.imageOf(peer.pid);
+    } catch (e) {
+      if (!(e instanceof WorkloadAttestationError)) throw e;
+      image = e;
+    }
+    const conn = this.#connections.attach(socket, peer, { acceptedBy, image });
+    this.#connCounts.add(peer.uid);
+    // A connection that never calls holds memory for nothing; clients connect because they are about to call.
+    const firstCall = setTimeout(() => {
+      if (conn.calls === 0) socket.destroy();
+    }, this.#limits.firstCallTimeoutMs);
+    firstCall.unref();
     this.#sockets.add(socket);
-    socket.once('close', () => this.#sockets.delete(socket));
+    socket.once('close', () => {
+      clearTimeout(firstCall);
+      this.#sockets.delete(socket);
+      this.#connCounts.remove(peer.uid);
+    });
     this.#injector.injectConnection(socket);
+  }
+
+  /**
+   * A connection over a limit: served for a moment so that its calls get
+   * RESOURCE_EXHAUSTED, then closed; under a flood (more than REFUSING_MAX
+   * such at once) closed at accept, with one audit line per uid per window.
+   */
+  #acceptOverLimit(socket: Socket, peer: PeerCredentials, acceptedBy: Promise<bigint | undefined>, reason: string): void {
+    if (this.#refusing >= REFUSING_MAX) {
+      socket.destroy();
+      const dropped = this.#drops.drop(peer.uid);
+      if (dropped !== undefined) {
+        this.#audit({
+          time: new Date().toISOString(),
+          rpc: 'connection',
+          outcome: 'refused',
+          code: 'RESOURCE_EXHAUSTED',
+          pid: peer.pid,
+          uid: peer.uid,
+          gid: peer.gid,
+          reason: `${reason}; ${dropped} connection(s) of this uid closed at accept since the last report`,
+        });
+      }
+      return;
+    }
+    const refusal = new WorkloadAttestationError('process-gone', peer.pid, 'not examined: the connection is over a limit');
+    this.#connections.attach(socket, peer, { acceptedBy, image: refusal, overLimit: reason });
+    this.#refusing++;
+    const timer = setTimeout(() => socket.destroy(), REFUSING_GRACE_MS);
+    timer.unref();
+    this.#sockets.add(socket);
+    socket.once('close', () => {
+      clearTimeout(timer);
+      this.#refusing--;
+      this.#sockets.delete(socket);
+    });
+    this.#injector.injectConnection(socket);
+  }
+
+  /** The connection a call came on, counting the call (see the first-call timeout). */
+  #connectionOf(call: { getPeer(): string }): ConnectionIdentity | undefined {
+    const conn = this.#connections.forPeer(call.getPeer());
+    if (conn) conn.calls++;
+    return conn;
   }
 
   /** Header, connection, attestation: who is calling, or a refusal. */
   async #authenticate(call: { metadata: grpc.Metadata; getPeer(): string }): Promise<Caller> {
+    const conn = this.#connectionOf(call);
     if (!hasSecurityHeader(call.metadata)) throw new RpcRefusal(grpc.status.INVALID_ARGUMENT, 'security header missing from request');
-    const conn = this.#connections.forPeer(call.getPeer());
     if (!conn) throw new RpcRefusal(grpc.status.UNAVAILABLE, 'the caller could not be identified', 'no peer credentials recorded for the connection');
+    if (conn.overLimit !== undefined) throw new RpcRefusal(grpc.status.RESOURCE_EXHAUSTED, 'too many connections', conn.overLimit);
     let attestation: WorkloadAttestation;
     try {
-      attestation = await this.#attestor.attestPid(conn.peer.pid, conn.peer, await conn.acceptedBy);
+      // The image recorded at accept: when the process could not be examined then, it cannot be judged now.
+      if (conn.image instanceof WorkloadAttestationError) throw conn.image;
+      attestation = await this.#attestor.attestPid(conn.peer.pid, conn.peer, await conn.acceptedBy, conn.image);
     } catch (e) {
+      if (e instanceof WorkloadAttestationError && e.reason === 'exe-changed') {
+        throw new RpcRefusal(grpc.status.PERMISSION_DENIED, 'the calling process runs another executable than the one that opened the connection', e.message);
+      }
       if (e instanceof WorkloadAttestationError) throw new RpcRefusal(grpc.status.UNAVAILABLE, 'workload attestation failed', e.message);
       throw e;
     }
     return { conn, attestation, key: selectorSetKey(attestation.selectors) };
   }
 
-  /** The last check before anything is sent: the attested process is still the one at the pid. */
+  /** The last check before anything is sent: the attested process is still the one at the pid, running the same executable. */
   async #ensureSameProcess(caller: Caller): Promise<void> {
     if (!(await this.#attestor.isSameProcess(caller.attestation.stamp))) {
       throw new RpcRefusal(
         grpc.status.PERMISSION_DENIED,
         'the calling process is gone',
-        `pid ${caller.attestation.stamp.pid} exited or was reused after attestation`,
+        `pid ${caller.attestation.stamp.pid} exited, was reused or exec'd another executable after attestation`,
       );
     }
   }
@@ -290,6 +401,8 @@ class WorkloadApi implements WorkloadApiServer {
     checkRequest?: () => void,
   ): Promise<void> {
     let caller: Caller | undefined;
+    // Counted even when refused before attestation (a bad request is still a call).
+    this.#connectionOf(call);
     try {
       if (!hasSecurityHeader(call.metadata)) throw new RpcRefusal(grpc.status.INVALID_ARGUMENT, 'security header missing from request');
       checkRequest?.();
@@ -309,9 +422,6 @@ class WorkloadApi implements WorkloadApiServer {
 
   async #fetchJwtSvid(req: JwtSvidRequest, caller: Caller): Promise<{ response: object; spiffeIds: readonly string[] }> {
     const audience = req.audience ?? [];
-    if (audience.length === 0 || audience.some((a) => typeof a !== 'string' || a === '')) {
-      throw new RpcRefusal(grpc.status.INVALID_ARGUMENT, 'audience must be specified');
-    }
     let identities = this.#identities(caller);
     if (identities.length === 0) throw new RpcRefusal(grpc.status.PERMISSION_DENIED, NO_IDENTITY, 'no registration entry matches the selectors');
     if (req.spiffe_id) {
@@ -357,6 +467,10 @@ class WorkloadApi implements WorkloadApiServer {
       if (e instanceof JwtSvidError) throw new RpcRefusal(grpc.status.INVALID_ARGUMENT, e.message);
       throw new RpcRefusal(grpc.status.UNAVAILABLE, 'the token could not be validated', (e as Error).message);
     }
+    // A trust-domain ID names the trust domain, never a workload (SPIFFE-ID §2.2): no JWT-SVID has one as sub.
+    if (validated.spiffeId.path === '') {
+      throw new RpcRefusal(grpc.status.INVALID_ARGUMENT, `sub ${validated.spiffeId.toString()} is a trust domain ID, not the SPIFFE ID of a workload`);
+    }
     let claims;
     try {
       claims = toStruct(validated.claims);
@@ -367,6 +481,7 @@ class WorkloadApi implements WorkloadApiServer {
   }
 
   #unimplemented(rpc: WorkloadRpc, call: grpc.ServerWritableStream<unknown, unknown>): void {
+    this.#connectionOf(call);
     call.emit('error', { code: grpc.status.UNIMPLEMENTED, details: `${rpc} is not supported by this agent (WIT-SVIDs are an optional profile)` });
   }
 
@@ -381,11 +496,18 @@ class WorkloadApi implements WorkloadApiServer {
       return;
     }
     if (call.cancelled || call.destroyed || this.#stopping) return;
+    const uid = caller.conn.peer.uid;
+    if (this.#streamCounts.of(uid) >= this.#limits.maxStreamsPerUid) {
+      const r = new RpcRefusal(grpc.status.RESOURCE_EXHAUSTED, 'too many streams', `uid ${uid} already holds ${this.#limits.maxStreamsPerUid} streams (the per-uid limit)`);
+      this.#endStream(call, this.#refused(rpc, caller, call, r));
+      return;
+    }
     const st: OpenStream = { kind, rpc, caller, call, last: undefined, running: false, dirty: false, closed: false };
     this.#streams.add(st);
+    this.#streamCounts.add(uid);
     call.once('close', () => {
       st.closed = true;
-      this.#streams.delete(st);
+      if (this.#streams.delete(st)) this.#streamCounts.remove(uid);
     });
     await this.#pump(st);
   }
@@ -472,8 +594,8 @@ class WorkloadApi implements WorkloadApiServer {
     for (const st of [...this.#streams]) {
       st.closed = true;
       this.#endStream(st.call, { code: grpc.status.UNAVAILABLE, details: 'the Workload API is shutting down' });
+      if (this.#streams.delete(st)) this.#streamCounts.remove(st.caller.conn.peer.uid);
     }
-    this.#streams.clear();
     this.#injector.drain(graceMs);
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
@@ -497,6 +619,18 @@ class WorkloadApi implements WorkloadApiServer {
 interface JwtSvidRequest {
   audience?: string[];
   spiffe_id?: string;
+}
+
+/** The request's audience, judged before anything else: a bad one is InvalidArgument, never retried as an outage. */
+function checkAudience(req: JwtSvidRequest): void {
+  const audience = req.audience ?? [];
+  if (audience.length === 0 || audience.some((a) => typeof a !== 'string' || a === '')) {
+    throw new RpcRefusal(grpc.status.INVALID_ARGUMENT, 'audience must be specified');
+  }
+  if (audience.length > MAX_JWT_AUDIENCES) throw new RpcRefusal(grpc.status.INVALID_ARGUMENT, `at most ${MAX_JWT_AUDIENCES} audiences, got ${audience.length}`);
+  if (audience.some((a) => a.length > MAX_JWT_AUDIENCE_CHARS)) {
+    throw new RpcRefusal(grpc.status.INVALID_ARGUMENT, `an audience is longer than ${MAX_JWT_AUDIENCE_CHARS} characters`);
+  }
 }
 interface ValidateRequest {
   audience: string;

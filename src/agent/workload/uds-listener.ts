@@ -1,11 +1,14 @@
 /**
  * The Unix socket the Workload API listens on. Access control is by the
  * caller's kernel-recorded identity, not file permissions, so the socket is
- * world-writable; the directory is created 0755 so nobody else can replace it.
+ * world-writable. What keeps it from being replaced is its directory chain:
+ * every directory on the way to it must be one that only this uid or root can
+ * change (src/os/socket-dir.ts has the rules); missing ones are created 0755.
  */
-import { chmod, lstat, mkdir, unlink } from 'node:fs/promises';
+import { chmod, lstat, unlink } from 'node:fs/promises';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { dirname, isAbsolute } from 'node:path';
+import { ensureSafeSocketDirectory, UnsafeSocketDirectoryError } from '../../os/socket-dir.js';
 import { WorkloadApiStartError } from './errors.js';
 
 /** sun_path is 108 bytes including the terminating NUL. */
@@ -30,10 +33,15 @@ async function prepareSocketPath(path: string): Promise<void> {
   if (Buffer.byteLength(path) > MAX_SOCKET_PATH_BYTES) {
     throw new WorkloadApiStartError('bad-socket-path', path, `the socket path is longer than ${MAX_SOCKET_PATH_BYTES} bytes`);
   }
-  const dir = dirname(path);
-  const created = await mkdir(dir, { recursive: true, mode: 0o755 });
-  // mkdir's mode is filtered by the umask; the directory we made must be exactly 0755.
-  if (created !== undefined) await chmod(dir, 0o755);
+  try {
+    // Other uids must be able to traverse to the socket, hence 0755.
+    ensureSafeSocketDirectory(dirname(path), { createMode: 0o755 });
+  } catch (e) {
+    if (e instanceof UnsafeSocketDirectoryError) {
+      throw new WorkloadApiStartError('unsafe-socket-directory', path, `refusing to listen: ${e.message}`, e.directory);
+    }
+    throw e;
+  }
   const st = await lstat(path).catch((e: NodeJS.ErrnoException) => {
     if (e.code === 'ENOENT') return undefined;
     throw new WorkloadApiStartError('bad-socket-path', path, `cannot inspect the socket path (${e.code ?? 'error'})`);
