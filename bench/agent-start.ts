@@ -93,7 +93,8 @@ async function attestAlone(withAk?: Awaited<ReturnType<TpmDevice['createAk']>>):
       ekKind: 'rsa-2048',
       akKind: 'ecc-p256',
       ...(withAk ? { akBlobs: withAk } : {}),
-      csrKey: generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey,
+      // A fresh data_dir: the agent makes its agent key in the TPM too.
+      agentKey: await device.loadAgentKey('rsa-2048', await device.createAgentKey('rsa-2048')),
       serverAddress: server.address,
       serverCaBundle: server.caPem,
       trustDomain: TD,

@@ -43,7 +43,7 @@ const { memoryAuditLog } = await import('../src/log/index.js');
 const { SpiffeId, TrustDomain } = await import('../src/spiffe/id.js');
 const { TpmDevice } = await import('../src/tpm/device.js');
 const { makeCredential, objectName, parseTpmtPublic } = await import('../src/tpm/index.js');
-const { attestNode, buildCsr, quoteForChallenge, NodeApiClient } = await import('../src/agent/attestation/index.js');
+const { attestNode, buildCsr, credentialOf, quoteForChallenge, tpmAgentKey, NodeApiClient } = await import('../src/agent/attestation/index.js');
 
 type Device = import('../src/tpm/device.js').TpmDevice;
 
@@ -118,12 +118,20 @@ const api = await NodeApiServer.start({
 });
 const caPem = ca.bundle().x509Authorities.map((c) => c.toString()).join('');
 const conn = { serverAddress: `127.0.0.1:${api.port}`, serverCaBundle: caPem, trustDomain: TD };
-const agentKey = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
 
 try {
   // Agents keep their AK (as a real agent does on disk): make one per TPM up front.
   const akBlobs = await Promise.all(devices.map((d) => d.createAk('rsa-2048', 'ecc-p256')));
-  const attest = (w: number) => attestNode({ device: devices[w]!, ekKind: 'rsa-2048', akBlobs: akBlobs[w]!, csrKey: agentKey, ...conn });
+  // And their agent key, persistent (no transient slot held between commands).
+  const agentKeys = await Promise.all(
+    devices.map(async (d) => {
+      const k = await d.loadAgentKey('rsa-2048', await d.createAgentKey('rsa-2048'));
+      await d.persistAk(k, 0x81018100);
+      await d.flush(k);
+      return d.agentKeyFromPersistent(0x81018100);
+    }),
+  );
+  const attest = (w: number) => attestNode({ device: devices[w]!, ekKind: 'rsa-2048', akBlobs: akBlobs[w]!, agentKey: agentKeys[w]!, ...conn });
 
   // The TPM work alone: a credential for this AK made beforehand, then what the agent asks of the TPM.
   const ekPubs = await Promise.all(devices.map((d) => d.ekPublic('rsa-2048')));
@@ -132,7 +140,11 @@ try {
     const secret = randomBytes(32);
     const cred = makeCredential(parseTpmtPublic(ekPubs[w]!), objectName(parseTpmtPublic(akBlobs[w]!.public)), secret);
     await devices[w]!.activateCredential(handles[w]!, 'rsa-2048', cred.credentialBlob, cred.encryptedSecret);
-    await quoteForChallenge(devices[w]!, handles[w]!, akBlobs[w]!.public, { credential_blob: Buffer.alloc(0), encrypted_secret: Buffer.alloc(0), nonce: randomBytes(32), pcr_selection: [{ bank: 'sha256', pcrs: PCRS }] });
+    const nonce = randomBytes(32);
+    await quoteForChallenge(devices[w]!, handles[w]!, akBlobs[w]!.public, { credential_blob: Buffer.alloc(0), encrypted_secret: Buffer.alloc(0), nonce, pcr_selection: [{ bank: 'sha256', pcrs: PCRS }] });
+    await devices[w]!.certify(agentKeys[w]!, handles[w]!, nonce);
+    // The CSR for the agent key, signed in the TPM.
+    await devices[w]!.sign(agentKeys[w]!, randomBytes(32));
   };
   await attest(0); // warm-up (TLS, JIT, first journal write)
   const tpm1 = await measure(1, tpmOnly);
@@ -144,7 +156,7 @@ try {
   // SVIDs through the Node API: an attested agent with one entry.
   const agent = await attest(0);
   const entry = await store.createEntry({ spiffeId: SpiffeId.parse(`spiffe://${TD}/workload`), parentId: SpiffeId.parse(agent.spiffeId), selectors: [parseSelector('unix:uid:1000')] });
-  const client = new NodeApiClient({ ...conn, address: conn.serverAddress, clientSvid: { chainPem: agent.svidChain.map((d) => new X509Certificate(d).toString()).join(''), key: agentKey } });
+  const client = new NodeApiClient({ ...conn, address: conn.serverAddress, clientSvid: credentialOf(agent.svidChain, tpmAgentKey(devices[0]!, agentKeys[0]!)) });
   const csr = buildCsr(generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey);
   const parsed = parseCsr(csr);
   const svidRows: string[] = [];

@@ -31,7 +31,7 @@ import { TpmObjectError } from '../tpm/tpm-error.js';
 import { attestNode, checkNode, NodeApiError, renewAgentSvid, tpmAgentKey, type AgentKey, type AgentSvid } from './attestation/index.js';
 import { AgentSvidRotator, Backoff, formatDelay, SvidManager, type AgentIdentity, type BackoffOptions } from './manager/index.js';
 import { NodeSession } from './node-client.js';
-import { startWorkloadApiServer, workloadAuditEvent, type WorkloadApiServer, type WorkloadAuditEvent } from './workload/index.js';
+import { startWorkloadApiServer, svidKeyGenerator, workloadAuditEvent, type WorkloadApiServer, type WorkloadAuditEvent } from './workload/index.js';
 import type { BundleSnapshot } from './workload/identity-source.js';
 
 export const DEFAULT_EVENT_LOG = '/sys/kernel/security/tpm0/binary_bios_measurements';
@@ -282,6 +282,7 @@ export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
     manager = new SvidManager({
       trustDomain: td,
       node: session,
+      generateKey: svidKeyGenerator(config.workload_api.svid_key_type),
       logger: log.child({ component: 'svid-manager' }),
       initialX509Bundle: identity.bundle,
       agentSvidExpiresAt: identity.expiresAt,

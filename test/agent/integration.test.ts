@@ -23,6 +23,7 @@ import { createLogger } from '../../src/log/index.js';
 import { parseSelector, serverIdOf } from '../../src/server/store/index.js';
 import { bundleFromX509Der, parseDerCertificates, verifyX509Svid } from '../../src/spiffe/index.js';
 import { TrustDomain } from '../../src/spiffe/id.js';
+import { checkAgentKeyPublic, parseTpmtPublic, publicKeyFromTpmtPublic } from '../../src/tpm/index.js';
 import { header, StreamReader, unary, workloadClient, type BundlesResponse, type WorkloadClient, type X509SvidResponse } from '../workload/client.js';
 import { TD, TestServer } from './server-harness.js';
 
@@ -123,7 +124,7 @@ afterAll(async () => {
 });
 
 describe('keel agent with swtpm, SoftHSM CA and the Node API', () => {
-  it('attests the node and keeps the AK blobs (TPM-wrapped) in data_dir with mode 0600, no agent key on disk', async () => {
+  it('attests the node and keeps the AK and agent-key blobs (TPM-wrapped) in data_dir with mode 0600; the SVID certifies the TPM key', async () => {
     expect(agent!.agentId).toMatch(new RegExp(`^spiffe://${TD}/keel/agent/tpm/[0-9a-f]{64}$`));
     const akFile = join(config.data_dir, 'ak-rsa-2048-ecc-p256.json');
     expect(statSync(akFile).mode & 0o777).toBe(0o600);
@@ -135,10 +136,13 @@ describe('keel agent with swtpm, SoftHSM CA and the Node API', () => {
     const name = '000b' + createHash('sha256').update(Buffer.from(ak.public, 'base64')).digest('hex');
     expect(nodes[0]!.akName).toBe(name);
     await until(() => existsSync(join(config.data_dir, 'bundle.json')), 5000, 'the bundle cache');
-    const pem = agent!.identity.key.export({ type: 'pkcs8', format: 'pem' }) as string;
-    for (const f of ['ak-rsa-2048-ecc-p256.json', 'bundle.json']) {
-      expect(await readFile(join(config.data_dir, f), 'utf8')).not.toContain(pem.split('\n')[1]!);
-    }
+    // The agent key's private part is on disk only as the TPM wrapped it; the SVID certifies its public key.
+    const keyFile = join(config.data_dir, 'agent-key-rsa-2048.json');
+    expect(statSync(keyFile).mode & 0o777).toBe(0o600);
+    const saved = JSON.parse(await readFile(keyFile, 'utf8')) as { public: string };
+    const leaf = new X509Certificate(agent!.identity.chain[0]!);
+    expect(leaf.publicKey.equals(publicKeyFromTpmtPublic(parseTpmtPublic(Buffer.from(saved.public, 'base64'))))).toBe(true);
+    expect(() => checkAgentKeyPublic(Buffer.from(saved.public, 'base64'))).not.toThrow();
   });
 
   it('serves an X.509-SVID per entry for this uid that verifies against the bundle (keel and openssl)', async () => {

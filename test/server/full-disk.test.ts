@@ -10,12 +10,12 @@ import { generateKeyPairSync, X509Certificate } from 'node:crypto';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildCsr, NodeApiClient, NodeApiError, type WireSyncEntries } from '../../src/agent/attestation/index.js';
+import { buildCsr, credentialOf, NodeApiClient, NodeApiError, softwareAgentKey, type WireSyncEntries } from '../../src/agent/attestation/index.js';
 import { Hsm } from '../../src/hsm/index.js';
 import { memoryAuditLog } from '../../src/log/index.js';
 import { loadPolicy } from '../../src/policy/index.js';
 import { Attestor, firmwarePolicies } from '../../src/server/attestation/index.js';
-import { CaJournalWriteError, CertificateAuthority, derToPem, type CaJournal } from '../../src/server/ca/index.js';
+import { CaJournalWriteError, CertificateAuthority, type CaJournal } from '../../src/server/ca/index.js';
 import { NodeApiServer } from '../../src/server/node-api/index.js';
 import { StoreCaJournal } from '../../src/server/server.js';
 import { parseSelector, SqliteDatastore, StoreFullError } from '../../src/server/store/index.js';
@@ -81,7 +81,7 @@ describe.skipIf(!canMountTmpfs)('a server whose disk fills up', () => {
       address: `127.0.0.1:${api.port}`,
       serverCaBundle: ca.bundle().x509Authorities.map((c) => c.toString()).join(''),
       trustDomain: 'example.org',
-      clientSvid: { chainPem: derToPem(svid.certDer), key },
+      clientSvid: credentialOf([svid.certDer], softwareAgentKey(key)),
     });
   });
   afterAll(async () => {

@@ -5,7 +5,7 @@
  * and a restart goes on with the same CA.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { generateKeyPairSync, X509Certificate } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -121,9 +121,9 @@ describe('keel server run', () => {
 
       const dev = await TpmDevice.open(sim.tcti);
       try {
-        const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+        const agentKey = await dev.loadAgentKey('rsa-2048', await dev.createAgentKey('rsa-2048'));
         const svid = await attestNode({
-          device: dev, ekKind: 'rsa-2048', csrKey: privateKey,
+          device: dev, ekKind: 'rsa-2048', agentKey,
           serverAddress: `127.0.0.1:${nodePort}`, serverCaBundle: caPem, trustDomain: 'example.org',
         });
         expect(svid.spiffeId).toMatch(/^spiffe:\/\/example\.org\/keel\/agent\/tpm\/[0-9a-f]{64}$/);
