@@ -42,6 +42,10 @@ export interface ServerSetup {
   readonly maxEventLogBytes?: number;
   readonly agentSvidTtlSeconds?: number;
   readonly pcrs?: readonly number[];
+  readonly stepTimeoutMs?: number;
+  readonly maxChallengesPerPeer?: number;
+  readonly maxChallenges?: number;
+  readonly pruneIntervalMs?: number;
 }
 
 export interface TestServer {
@@ -54,6 +58,8 @@ export interface TestServer {
   readonly address: string;
   /** PEM of the CA certificates: the agents' bootstrap trust. */
   readonly caPem: string;
+  /** The SQLite file of the store (for counting rows the Datastore does not expose). */
+  readonly dbPath: string;
   /** Audit events recorded since the last call. */
   takeAudit(): AuditEvent[];
   nodes(): Promise<readonly AttestedNode[]>;
@@ -128,8 +134,11 @@ export async function startServer(hsm: Hsm, setup: ServerSetup = {}): Promise<Te
     defaultX509SvidTtlSeconds: 300,
     defaultJwtSvidTtlSeconds: 120,
     maxEventLogBytes,
-    stepTimeoutMs: 20_000,
+    stepTimeoutMs: setup.stepTimeoutMs ?? 20_000,
     syncDebounceMs: 100,
+    ...(setup.maxChallengesPerPeer ? { maxChallengesPerPeer: setup.maxChallengesPerPeer } : {}),
+    ...(setup.maxChallenges ? { maxChallenges: setup.maxChallenges } : {}),
+    ...(setup.pruneIntervalMs ? { pruneIntervalMs: setup.pruneIntervalMs } : {}),
   });
   let seen = 0;
   return {
@@ -141,6 +150,7 @@ export async function startServer(hsm: Hsm, setup: ServerSetup = {}): Promise<Te
     clock,
     address: `127.0.0.1:${api.port}`,
     caPem: ca.bundle().x509Authorities.map((c) => c.toString()).join(''),
+    dbPath: join(dir, 'keel.db'),
     takeAudit() {
       const out = audit.events.slice(seen);
       seen = audit.events.length;

@@ -27,7 +27,7 @@ import {
 
 const entry = (spiffeId: string, extra: Record<string, unknown> = {}) => ({
   spiffeId,
-  parentId: 'spiffe://example.org/keel/agent/tpm/aa',
+  parentId: 'spiffe://example.org/keel/agent/tpm/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa',
   selectors: ['unix:uid:1000'],
   ...extra,
 });

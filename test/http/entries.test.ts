@@ -96,6 +96,26 @@ describe('validation', () => {
     expect(p.errors.find((e: { path: string }) => e.path === '/spiffeId').message).toMatch(/"\.\." segment/);
   });
 
+  it("refuses entries in keel's reserved /keel/ namespace: an agent's or the server's ID, or a parent that is neither", async () => {
+    const before = (await call('GET', '/v1/entries?limit=1000')).json().entries.length;
+    for (const spiffeId of [AGENT, 'spiffe://example.org/keel/server', 'spiffe://example.org/keel/agent/tpm/x', 'spiffe://example.org/keel/other']) {
+      const r = await call('POST', '/v1/entries', base('/x', { spiffeId }));
+      expect(r.status, spiffeId).toBe(400);
+      expect(r.json().errors[0]).toMatchObject({ path: '/spiffeId' });
+      expect(r.json().errors[0].message).toMatch(/reserved namespace \/keel\/|the server's own ID/);
+    }
+    const badParent = await call('POST', '/v1/entries', base('/x', { parentId: 'spiffe://example.org/keel/agent/tpm/short' }));
+    expect(badParent.status).toBe(400);
+    expect(badParent.json().errors[0]).toMatchObject({ path: '/parentId' });
+    // Renaming an existing entry into the namespace is refused the same way.
+    const ok = (await call('POST', '/v1/entries', base('/ordinary'))).json();
+    const moved = await call('PATCH', `/v1/entries/${ok.id}`, { spiffeId: AGENT });
+    expect(moved.status).toBe(400);
+    expect((await call('GET', `/v1/entries/${ok.id}`)).json().spiffeId).toBe('spiffe://example.org/ordinary');
+    await call('DELETE', `/v1/entries/${ok.id}`);
+    expect((await call('GET', '/v1/entries?limit=1000')).json().entries.length).toBe(before);
+  });
+
   it('refuses an entry of another trust domain, and one federating with its own', async () => {
     const r = await call('POST', '/v1/entries', base('/x', { spiffeId: 'spiffe://other.org/x' }));
     expect(r.status).toBe(400);
