@@ -101,9 +101,12 @@ TPMT_PUBLIC akTemplate(AkKind kind) {
   TPMT_PUBLIC t;
   std::memset(&t, 0, sizeof t);
   t.nameAlg = TPM2_ALG_SHA256;
-  // tpm2_createak's attributes; no noDA, like tpm2_createak (the AK has an empty auth).
+  // tpm2_createak's attributes plus noDA: the AK has an empty auth, so
+  // dictionary-attack protection guards nothing, while a TPM in DA lockout
+  // (failedTries rises at every startup after a power loss) would refuse
+  // every quote and cut the node off.
   t.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
-                       TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_SIGN_ENCRYPT;
+                       TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA | TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_SIGN_ENCRYPT;
   if (kind == AkKind::EccP256) {
     t.type = TPM2_ALG_ECC;
     t.parameters.eccDetail.symmetric.algorithm = TPM2_ALG_NULL;
@@ -127,8 +130,9 @@ TPMT_PUBLIC agentKeyTemplate() {
   std::memset(&t, 0, sizeof t);
   t.type = TPM2_ALG_ECC;
   t.nameAlg = TPM2_ALG_SHA256;
+  // noDA for the same reason as the AK: an empty auth, nothing to guess.
   t.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
-                       TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_SIGN_ENCRYPT;
+                       TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA | TPMA_OBJECT_SIGN_ENCRYPT;
   t.parameters.eccDetail.symmetric.algorithm = TPM2_ALG_NULL;
   t.parameters.eccDetail.scheme.scheme = TPM2_ALG_ECDSA;
   t.parameters.eccDetail.scheme.details.ecdsa.hashAlg = TPM2_ALG_SHA256;

@@ -39,7 +39,7 @@ describe('agent key', () => {
     expect(() => checkAgentKeyPublic(blobs.public)).not.toThrow();
     const file = await t.file('agent-key.pub', tpm2bPublic(blobs.public));
     const { stdout } = await tpm2(sim, 'tpm2_print', ['-t', 'TPM2B_PUBLIC', file]);
-    expect(stdout).toMatch(/fixedtpm\|fixedparent\|sensitivedataorigin\|userwithauth\|sign/);
+    expect(stdout).toMatch(/fixedtpm\|fixedparent\|sensitivedataorigin\|userwithauth\|noda\|sign/);
     expect(stdout).not.toMatch(/restricted/);
     expect(stdout).toMatch(/curve-id:\s+value: NIST p256/);
   });

@@ -41,8 +41,8 @@ describe.each([
   it('creates an AK with the attributes of an AK and the name the TPM reports', async () => {
     const blobs = await dev.createAk(ekKind, akKind);
     const pub = readTpmtPublic(blobs.public);
-    // fixedTPM|fixedParent|sensitiveDataOrigin|userWithAuth|restricted|sign
-    expect(pub.attributes).toBe(0x00050072);
+    // fixedTPM|fixedParent|sensitiveDataOrigin|userWithAuth|noDA|restricted|sign
+    expect(pub.attributes).toBe(0x00050472);
     expect(pub.type).toBe(akKind === 'rsa-2048' ? 0x0001 : 0x0023);
     const ak = await dev.loadAk(ekKind, blobs);
     expect(ak.name.equals(sha256Name(blobs.public))).toBe(true);
