@@ -11,17 +11,66 @@ export const CA_TTL_FACTOR = 6;
 
 const keyType = z.enum(['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-3072']);
 
+const SSL_MODES = ['disable', 'require', 'verify-ca', 'verify-full'] as const;
+
+/**
+ * Several servers on one PostgreSQL database. The password is never written
+ * here: `password_file` or `password_env` says where it is (an unknown
+ * `password:` key is refused like any other, and never echoed).
+ */
+const postgresSchema = z
+  .strictObject({
+    host: z.string().min(1).max(255).optional(),
+    port: z.number().int().min(1).max(65535).default(5432),
+    socket_dir: configPath().optional(),
+    database: z.string().min(1).max(63),
+    user: z.string().min(1).max(63),
+    password_file: configPath().optional(),
+    password_env: z
+      .string()
+      .regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'expected the name of an environment variable')
+      .optional(),
+    sslmode: z.enum(SSL_MODES).optional(),
+    ca_file: configPath().optional(),
+    pool_size: z.number().int().min(1).max(1000).default(10),
+  })
+  .superRefine((p, ctx) => {
+    if ((p.host === undefined) === (p.socket_dir === undefined)) ctx.addIssue({ code: 'custom', message: 'give exactly one of host and socket_dir' });
+    if (p.password_file !== undefined && p.password_env !== undefined) {
+      ctx.addIssue({ code: 'custom', message: 'give at most one of password_file and password_env' });
+    }
+    const mode = p.sslmode ?? (p.socket_dir !== undefined ? 'disable' : 'verify-full');
+    if (p.socket_dir !== undefined && mode !== 'disable') {
+      ctx.addIssue({ code: 'custom', path: ['sslmode'], message: 'a Unix socket has no TLS: leave sslmode out (or disable) with socket_dir' });
+    }
+    if (mode === 'verify-ca' && p.ca_file === undefined) ctx.addIssue({ code: 'custom', path: ['ca_file'], message: 'sslmode verify-ca needs a ca_file' });
+    if (p.ca_file !== undefined && (mode === 'disable' || mode === 'require')) {
+      ctx.addIssue({ code: 'custom', path: ['ca_file'], message: `a ca_file is only used with sslmode verify-ca or verify-full (sslmode is ${mode})` });
+    }
+  })
+  .transform((p) => ({
+    kind: 'postgres' as const,
+    connection: {
+      ...(p.host !== undefined ? { host: p.host } : { socketDir: p.socket_dir! }),
+      port: p.port,
+      database: p.database,
+      user: p.user,
+      ...(p.password_file !== undefined ? { password: { file: p.password_file } } : p.password_env !== undefined ? { password: { env: p.password_env } } : {}),
+      sslmode: p.sslmode ?? (p.socket_dir !== undefined ? ('disable' as const) : ('verify-full' as const)),
+      ...(p.ca_file !== undefined ? { caFile: p.ca_file } : {}),
+      poolSize: p.pool_size,
+    },
+  }));
+
 const storeSchema = z
   .strictObject({
     sqlite: z.strictObject({ path: configPath() }).optional(),
-    // Reserved: several servers on one PostgreSQL database. The DSN may hold a password: never echoed.
-    postgres: z.strictObject({ dsn: z.string() }).optional(),
+    postgres: postgresSchema.optional(),
   })
   .superRefine((s, ctx) => {
-    if (s.postgres) ctx.addIssue({ code: 'custom', path: ['postgres'], message: 'PostgreSQL is not supported yet; use sqlite' });
-    else if (!s.sqlite) ctx.addIssue({ code: 'custom', message: 'expected one of sqlite or postgres' });
+    if ((s.sqlite === undefined) === (s.postgres === undefined)) ctx.addIssue({ code: 'custom', message: 'expected exactly one of sqlite and postgres' });
   })
-  .transform((s) => ({ kind: 'sqlite' as const, path: s.sqlite?.path ?? '' }));
+  .transform((s) => s.postgres ?? { kind: 'sqlite' as const, path: s.sqlite?.path ?? '' });
 
 const hsmSchema = z
   .strictObject({
@@ -108,6 +157,9 @@ const attestationSchema = z
       .refine((p) => new Set(p).size === p.length, 'PCR indices must not repeat')
       .default([0, 1, 2, 3, 4, 5, 6, 7]),
     max_event_log_size: size().default(1 << 20),
+    /** Unanswered challenges at once from one peer address, and in all: beyond, RESOURCE_EXHAUSTED. */
+    max_challenges_per_peer: z.number().int().min(1).max(100_000).default(16),
+    max_challenges: z.number().int().min(1).max(1_000_000).default(1024),
   })
   .superRefine((a, ctx) => {
     if (a.manufacturer_cas.length === 0 && a.ek_allow_list.length === 0) {

@@ -16,7 +16,7 @@ import {
 } from './ca/index.js';
 import { createKeelMetrics, startHttpApi, type HttpApiHandle, type KeelMetrics } from './http/index.js';
 import { NodeApiServer } from './node-api/index.js';
-import { SqliteDatastore, serverIdOf, type Datastore } from './store/index.js';
+import { describeConnection, PostgresDatastore, SqliteDatastore, serverIdOf, type Datastore } from './store/index.js';
 
 /** A problem with what the configuration points at (files, keys), found at start-up. */
 export class ServerStartError extends Error {
@@ -133,8 +133,10 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
       await Promise.all(config.attestation.manufacturer_cas.map((p, i) => readCertificates(p, `server.attestation.manufacturer_cas.${i}`)))
     ).flat();
 
-    const store = SqliteDatastore.open({ path: config.store.path });
+    const store: Datastore =
+      config.store.kind === 'sqlite' ? SqliteDatastore.open({ path: config.store.path }) : await PostgresDatastore.open(config.store.connection);
     started.push(store);
+    logger.info('store opened', { store: config.store.kind === 'sqlite' ? `sqlite ${config.store.path}` : describeConnection(config.store.connection) });
 
     const hsmConfig: HsmConfig = {
       module: config.hsm.module,
@@ -191,6 +193,10 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
       defaultX509SvidTtlSeconds: config.svid.default_x509_ttl,
       defaultJwtSvidTtlSeconds: config.svid.default_jwt_ttl,
       maxEventLogBytes: config.attestation.max_event_log_size,
+      maxChallengesPerPeer: config.attestation.max_challenges_per_peer,
+      maxChallenges: config.attestation.max_challenges,
+      // An unanswered challenge ends with its nonce.
+      stepTimeoutMs: Math.min(60_000, config.attestation.nonce_ttl * 1000),
     });
     started.push(nodeApi);
 
