@@ -1,9 +1,11 @@
 /**
- * `agent.tpm.ak_persistent_handle`: the agent makes its AK once, persists it
- * at the handle, and after a restart quotes with the same key from the TPM
- * (no AK blobs on disk). Real swtpm, SoftHSM CA, Node API over TLS.
+ * `agent.tpm.ak_persistent_handle` and `agent_key_persistent_handle`: the
+ * agent makes its AK and its agent key once, persists them at the handles,
+ * and after a restart quotes with the same AK and gets its SVID for the same
+ * agent key, from the TPM (no blobs on disk). Real swtpm, SoftHSM CA, Node API over TLS.
  */
 import { execFile } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
 import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +20,7 @@ import { TD, TestServer } from './server-harness.js';
 
 const run = promisify(execFile);
 const HANDLE = 0x81010020;
+const KEY_HANDLE = 0x81010021;
 
 describe('agent with a persistent AK', () => {
   let sim: Swtpm;
@@ -37,7 +40,7 @@ describe('agent with a persistent AK', () => {
         `  trust_domain: ${TD}`,
         `  server: { address: "${server.address}", bundle: bootstrap.pem }`,
         '  data_dir: data',
-        `  tpm: { tcti: "${sim.tcti}", ek_kind: rsa-2048, ak_kind: ecc-p256, ak_persistent_handle: "0x${HANDLE.toString(16)}", event_log: none.bin }`,
+        `  tpm: { tcti: "${sim.tcti}", ek_kind: rsa-2048, ak_kind: ecc-p256, ak_persistent_handle: "0x${HANDLE.toString(16)}", agent_key_persistent_handle: "0x${KEY_HANDLE.toString(16)}", event_log: none.bin }`,
         `  workload_api: { socket_path: ${join(dir, 'public', 'api.sock')} }`,
         '',
       ].join('\n'),
@@ -57,14 +60,16 @@ describe('agent with a persistent AK', () => {
       tuning: { backoff: { initialMs: 200, maxMs: 2000 } },
     });
 
-  it('persists the AK at the handle once, and quotes with the same one after a restart', async () => {
+  it('persists the AK and the agent key at their handles once, and uses the same ones after a restart', async () => {
     const first = await start();
     const node1 = await server.store.getNode(SpiffeId.parse(first.agentId));
+    const key1 = new X509Certificate(first.identity.chain[0]!).publicKey;
     await first.stop();
     // The key is in the TPM at the handle (tpm2-tools, an independent reader), not on disk.
     const { stdout } = await run('tpm2_getcap', ['handles-persistent'], { env: sim.env });
     expect(stdout.toLowerCase()).toContain(`0x${HANDLE.toString(16)}`);
-    expect((await readdir(join(dir, 'data'))).filter((f) => f.startsWith('ak-'))).toEqual([]);
+    expect(stdout.toLowerCase()).toContain(`0x${KEY_HANDLE.toString(16)}`);
+    expect((await readdir(join(dir, 'data'))).filter((f) => f.startsWith('ak-') || f.startsWith('agent-key-'))).toEqual([]);
 
     const second = await start();
     try {
@@ -72,6 +77,8 @@ describe('agent with a persistent AK', () => {
       expect(second.agentId).toBe(first.agentId);
       expect(node2?.akName).toBeDefined();
       expect(node2?.akName).toBe(node1?.akName);
+      // The new SVID certifies the same TPM-resident key.
+      expect(new X509Certificate(second.identity.chain[0]!).publicKey.equals(key1)).toBe(true);
       // It renews with it, too.
       await second.renewAgentSvidNow();
       expect(server.audit.events.some((e) => e.event === 'node.renewed')).toBe(true);

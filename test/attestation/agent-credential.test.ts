@@ -23,6 +23,7 @@ import {
 import { parseSelector } from '../../src/server/store/index.js';
 import { buildCsrWithSigner } from '../../src/spiffe/csr.js';
 import { SpiffeId, TrustDomain } from '../../src/spiffe/id.js';
+import { TpmError } from '../../src/tpm/tpm-error.js';
 import { HsmFixture, TD, startServer, startTpm, type TestServer, type TestTpm } from './harness.js';
 
 let hsm: HsmFixture;
@@ -117,6 +118,11 @@ describe('a copied agent credential', () => {
       thief.close();
     }
     expect(server.takeAudit()).toEqual([expect.objectContaining({ event: 'node.connection_refused', reason: 'unauthenticated' })]);
+    // What data_dir holds of the key (its TPM-wrapped blobs) does not load in another TPM either.
+    const blobs = await A.device.createAgentKey('rsa-2048');
+    const loaded = await B.device.loadAgentKey('rsa-2048', blobs).catch((e: unknown) => e);
+    expect(loaded).toBeInstanceOf(TpmError);
+    expect((await B.device.loadedHandles()).transient).toEqual([]);
     // The real agent is unaffected.
     const real = client(A.credential(current.svidChain));
     try {
