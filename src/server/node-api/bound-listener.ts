@@ -55,8 +55,10 @@ export interface BoundListenerOptions {
   readonly onError?: (err: unknown) => void;
   /** How long a new connection may take to send its binding (default 10 s). */
   readonly bindingTimeoutMs?: number;
-  /** Connections still in the TLS handshake or binding, at most (default 1024): beyond, new ones are dropped. */
+  /** Connections that finished TLS but not yet the binding, at most (default 1024): beyond, new ones are dropped. */
   readonly maxPending?: number;
+  /** Connections in all, in any state (default 65,536). */
+  readonly maxConnections?: number;
 }
 
 function splitAddress(address: string): { host: string; port: number } {
@@ -76,21 +78,8 @@ export class BoundListener {
   private constructor(o: BoundListenerOptions) {
     this.#o = o;
     this.#server = createServer({ ...o.context, ALPNProtocols: ['h2'], minVersion: 'TLSv1.3', requestCert: false, handshakeTimeout: o.bindingTimeoutMs ?? 10_000 });
-    this.#server.on('connection', (raw) => {
-      // Counted from TCP accept: a flood of handshakes that never finish is bounded too.
-      if (this.#pending >= (o.maxPending ?? 1024)) {
-        raw.destroy();
-        return;
-      }
-      this.#pending++;
-      let counted = true;
-      const release = (): void => {
-        if (counted) this.#pending--;
-        counted = false;
-      };
-      raw.once('close', release);
-      raw.once('keel-bound', release);
-    });
+    // Every connection counts against maxConnections, handshakes that never finish included (they end at handshakeTimeout).
+    this.#server.maxConnections = o.maxConnections ?? 65_536;
     this.#server.on('secureConnection', (socket: TLSSocket) => void this.#accept(socket));
     this.#server.on('tlsClientError', () => undefined);
     this.#server.on('error', (e) => o.onError?.(e));
@@ -132,6 +121,19 @@ export class BoundListener {
   async #accept(socket: TLSSocket): Promise<void> {
     const peerIp = socket.remoteAddress ?? 'unknown';
     const peer = `${peerIp}:${socket.remotePort ?? 0}`;
+    if (this.#pending >= (this.#o.maxPending ?? 1024)) {
+      socket.destroy();
+      return;
+    }
+    this.#pending++;
+    try {
+      await this.#bind(socket, peer, peerIp);
+    } finally {
+      this.#pending--;
+    }
+  }
+
+  async #bind(socket: TLSSocket, peer: string, peerIp: string): Promise<void> {
     let binding: BoundAgent | undefined;
     try {
       const req = await readBindingRequest(socket, this.#o.bindingTimeoutMs ?? 10_000);
@@ -144,14 +146,12 @@ export class BoundListener {
           : new BindingRefused('internal', 'the server could not judge the channel binding');
       if (!(e instanceof BindingRefused) && !(e instanceof ChannelBindingError)) this.#o.onError?.(e);
       this.#o.onRefused?.(peer, refusal);
-      socket.emit('keel-bound');
       if (!socket.destroyed) socket.end(encodeBindingAnswer({ bound: false, reason: refusal.reason, detail: refusal.detail }));
       // A peer that never reads its answer must not keep the socket.
       setTimeout(() => socket.destroy(), 2000).unref();
       return;
     }
     if (socket.destroyed) return;
-    socket.emit('keel-bound');
     const label = `${LABEL_PREFIX}${++this.#next}`;
     Object.defineProperty(socket, 'remoteAddress', { value: label, writable: false, enumerable: true, configurable: false });
     Object.defineProperty(socket, 'remotePort', { value: 0, writable: false, enumerable: true, configurable: false });
