@@ -13,14 +13,17 @@ export class StoreError extends Error {
 }
 
 /**
- * The disk holding the database is full (SQLITE_FULL). The write was rolled
- * back; reads go on, and writes succeed again once there is space.
+ * The disk holding the database is full (SQLite's SQLITE_FULL, PostgreSQL's
+ * disk_full, SQLSTATE 53100). The write was rolled back; reads go on, and
+ * writes succeed again once there is space.
  */
 export class StoreFullError extends StoreError {
   override name = 'StoreFullError';
-  readonly code = 'SQLITE_FULL';
-  constructor(options?: { cause?: unknown }) {
-    super('the store cannot write: the disk holding the database is full (SQLITE_FULL)', options);
+  readonly code: 'SQLITE_FULL' | 'PG_DISK_FULL';
+  constructor(options?: { cause?: unknown; code?: 'SQLITE_FULL' | 'PG_DISK_FULL' }) {
+    const code = options?.code ?? 'SQLITE_FULL';
+    super(`the store cannot write: the disk holding the database is full (${code === 'SQLITE_FULL' ? 'SQLITE_FULL' : 'SQLSTATE 53100'})`, options);
+    this.code = code;
   }
 }
 

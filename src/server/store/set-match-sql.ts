@@ -1,6 +1,7 @@
 /**
  * SQL for "how does a record's set relate to the set asked for", over a child
- * table of (owner key, value) rows. Values are bound as parameters, never spliced.
+ * table of (owner key, value) rows. Values are bound as parameters, never spliced;
+ * placeholders are `?` (the PostgreSQL store numbers them).
  */
 import type { SetMatch } from './types.js';
 
@@ -24,6 +25,12 @@ export function setMatchSql(
   const distinct = [...new Set(values)];
   const marks = distinct.map(() => '?').join(', ');
   const child = `SELECT 1 FROM ${t.table} c WHERE c.${t.ownerColumn} = ${t.ownerKey}`;
+  // `IN ()` is SQLite-only: an empty set is spelled out, with the meaning SQLite gives it.
+  if (distinct.length === 0 && match !== 'exact') {
+    if (match === 'any') return { sql: '1 = 0', params: [] };
+    if (match === 'superset') return { sql: '1 = 1', params: [] };
+    return { sql: `NOT EXISTS (${child})`, params: [] };
+  }
   switch (match) {
     case 'exact':
       return { sql: `${t.canonicalColumn} = ?`, params: [canonicalKey] };

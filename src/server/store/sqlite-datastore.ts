@@ -10,6 +10,29 @@ import type { Database as Db, Statement } from 'better-sqlite3';
 import { SpiffeId, TrustDomain } from '../../spiffe/id.js';
 import { EntryIndex } from './entry-index.js';
 import { ConflictError, InvalidRecordError, NodeBannedError, NodeNotActiveError, NotFoundError, StoreError, StoreFullError } from './errors.js';
+import {
+  checkAgentId,
+  checkAttestationKeys,
+  checkBanReason,
+  checkCaJournal,
+  checkDriftReason,
+  checkJwks,
+  checkNonce,
+  checkQuote,
+  checkRefreshHint,
+  checkSequence,
+  checkSvid,
+  decodeCursor,
+  duplicateEntryError,
+  encodeCursor,
+  entryValues,
+  isEntryCursor,
+  isNodeCursor,
+  mergeEntryChanges,
+  pageLimit,
+  TOMBSTONE_RETENTION_MS,
+  validDate,
+} from './checks.js';
 import { migrate } from './migrations.js';
 import { RowDecoder, type BundleRow, type EntryRow, type NodeRow } from './rows.js';
 import { formatSelector, normalizeSelectors, selectorSetKey, type Selector } from './selectors.js';
@@ -31,10 +54,8 @@ import type {
   OwnBundle,
   Page,
   PageRequest,
-  QuoteClock,
   RegistrationEntry,
   StoreChange,
-  SvidRef,
   Unsubscribe,
 } from './types.js';
 import { entryIdFrom, normalizeEntry, type NormalizedEntry } from './validate.js';
@@ -47,15 +68,6 @@ export interface SqliteDatastoreOptions {
   /** Time source for createdAt/updatedAt/lastSeen; default `new Date()`. */
   readonly clock?: () => Date;
 }
-
-const DEFAULT_PAGE = 100;
-const MAX_PAGE = 1000;
-const MAX_JSON_TEXT = 1 << 20;
-const HEX64 = /^[0-9a-f]{64}$/;
-const HEX = /^[0-9a-f]+$/;
-const UINT64_MAX = (1n << 64n) - 1n;
-/** A day: a cache (or agent) that falls further behind than this reloads everything. */
-const TOMBSTONE_RETENTION_MS = 24 * 3600 * 1000;
 
 /** Thrown inside a batch transaction to roll it back after collecting every item's result. */
 class RollBack extends Error {}
@@ -70,63 +82,6 @@ function toStoreError(e: unknown): StoreError {
   if (code === 'SQLITE_BUSY') return new StoreError('the database is locked by another writer (busy timeout expired)', { cause: e });
   if (e instanceof TypeError && /not open/.test(e.message)) return new StoreError('the store is closed', { cause: e });
   return new StoreError(`sqlite: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
-}
-
-function encodeCursor(key: string): string {
-  return Buffer.from(key, 'utf8').toString('base64url');
-}
-
-function decodeCursor(cursor: string, valid: (key: string) => boolean): string {
-  const key = typeof cursor === 'string' ? Buffer.from(cursor, 'base64url').toString('utf8') : '';
-  if (!valid(key) || encodeCursor(key) !== cursor) throw new InvalidRecordError('cursor', 'not a cursor this store handed out');
-  return key;
-}
-
-function pageLimit(page: PageRequest | undefined): number {
-  const limit = page?.limit ?? DEFAULT_PAGE;
-  if (!Number.isSafeInteger(limit) || limit < 1 || limit > MAX_PAGE) {
-    throw new InvalidRecordError('limit', `must be a whole number in 1..${MAX_PAGE}`);
-  }
-  return limit;
-}
-
-function validDate(field: string, d: unknown): Date {
-  if (!(d instanceof Date) || Number.isNaN(d.getTime())) throw new InvalidRecordError(field, 'not a valid Date');
-  return d;
-}
-
-function checkJwks(field: string, text: string): void {
-  if (typeof text !== 'string' || text.length > MAX_JSON_TEXT) throw new InvalidRecordError(field, `must be JSON text of at most ${MAX_JSON_TEXT} bytes`);
-  let doc: unknown;
-  try {
-    doc = JSON.parse(text);
-  } catch {
-    throw new InvalidRecordError(field, 'is not JSON');
-  }
-  if (typeof doc !== 'object' || doc === null || !Array.isArray((doc as { keys?: unknown }).keys)) {
-    throw new InvalidRecordError(field, 'is not a JWKS (an object with a "keys" list)');
-  }
-}
-
-function checkAgentId(id: unknown): SpiffeId {
-  if (!(id instanceof SpiffeId) || id.isTrustDomainId) throw new InvalidRecordError('agentId', 'not a SPIFFE ID with a path');
-  return id;
-}
-
-function checkSvid(svid: SvidRef): SvidRef {
-  if (typeof svid?.serial !== 'string' || !HEX.test(svid.serial) || svid.serial.length > 40) {
-    throw new InvalidRecordError('svid.serial', 'must be 1-40 lowercase hex digits');
-  }
-  validDate('svid.notAfter', svid.notAfter);
-  return svid;
-}
-
-function checkQuote(q: QuoteClock): QuoteClock {
-  if (typeof q?.clock !== 'bigint' || q.clock < 0n || q.clock > UINT64_MAX) throw new InvalidRecordError('quote.clock', 'must be a UINT64 bigint');
-  for (const [f, v] of [['quote.resetCount', q.resetCount], ['quote.restartCount', q.restartCount]] as const) {
-    if (!Number.isSafeInteger(v) || v < 0 || v > 0xffffffff) throw new InvalidRecordError(f, 'must be a UINT32');
-  }
-  return q;
 }
 
 export class SqliteDatastore implements Datastore {
@@ -222,12 +177,7 @@ export class SqliteDatastore implements Datastore {
       n.parentId.toString(),
       n.selectorsKey,
     ) as { id: string } | undefined;
-    if (clash && clash.id !== exceptId) {
-      throw new ConflictError(
-        `an entry for ${n.spiffeId.toString()} under ${n.parentId.toString()} with selectors ${n.selectors.map(formatSelector).join(', ')} already exists (${clash.id})`,
-        clash.id,
-      );
-    }
+    if (clash && clash.id !== exceptId) throw duplicateEntryError(n, clash.id);
   }
 
   private writeEntryChildren(id: string, n: NormalizedEntry): void {
@@ -237,22 +187,6 @@ export class SqliteDatastore implements Datastore {
     for (const s of n.selectors) sel.run(id, formatSelector(s));
     const fed = this.stmt('INSERT INTO entry_federates_with (entry_id, trust_domain) VALUES (?, ?)');
     for (const td of n.federatesWith) fed.run(id, td.name);
-  }
-
-  private entryValues(n: NormalizedEntry): unknown[] {
-    return [
-      n.spiffeId.toString(),
-      n.parentId.toString(),
-      n.selectorsKey,
-      n.federatesKey,
-      n.x509SvidTtl ?? null,
-      n.jwtSvidTtl ?? null,
-      JSON.stringify(n.dnsNames),
-      n.admin ? 1 : 0,
-      n.downstream ? 1 : 0,
-      n.hint ?? null,
-      n.expiresAt?.getTime() ?? null,
-    ];
   }
 
   /** Inside a write transaction. */
@@ -265,7 +199,7 @@ export class SqliteDatastore implements Datastore {
       `INSERT INTO entries (id, spiffe_id, parent_id, selectors_key, federates_key, x509_svid_ttl, jwt_svid_ttl,
          dns_names, admin, downstream, hint, expires_at, revision, created_at, updated_at)
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-    ).run(id, ...this.entryValues(n), revision, now, now);
+    ).run(id, ...entryValues(n), revision, now, now);
     this.writeEntryChildren(id, n);
     return this.decoder.entry(this.entryRow(id)!);
   }
@@ -324,28 +258,14 @@ export class SqliteDatastore implements Datastore {
         if (options?.ifRevision !== undefined && options.ifRevision !== row.revision) {
           throw new ConflictError(`entry ${id} changed since revision ${options.ifRevision} (now ${row.revision})`, id);
         }
-        const cur = this.decoder.entry(row);
-        const pick = <K extends keyof EntryChanges>(k: K, current: unknown) => (k in changes ? (changes[k] ?? undefined) : current);
-        const n = normalizeEntry({
-          spiffeId: (changes.spiffeId ?? cur.spiffeId) as SpiffeId,
-          parentId: (changes.parentId ?? cur.parentId) as SpiffeId,
-          selectors: changes.selectors ?? cur.selectors,
-          x509SvidTtl: pick('x509SvidTtl', cur.x509SvidTtl) as number | undefined,
-          jwtSvidTtl: pick('jwtSvidTtl', cur.jwtSvidTtl) as number | undefined,
-          dnsNames: changes.dnsNames ?? cur.dnsNames,
-          federatesWith: changes.federatesWith ?? cur.federatesWith,
-          admin: changes.admin ?? cur.admin,
-          downstream: changes.downstream ?? cur.downstream,
-          hint: pick('hint', cur.hint) as string | undefined,
-          expiresAt: pick('expiresAt', cur.expiresAt) as Date | undefined,
-        });
+        const n = mergeEntryChanges(this.decoder.entry(row), changes);
         this.checkUnique(n, id);
         const revision = this.bump('entries');
         this.stmt(
           `UPDATE entries SET spiffe_id = ?, parent_id = ?, selectors_key = ?, federates_key = ?, x509_svid_ttl = ?,
              jwt_svid_ttl = ?, dns_names = ?, admin = ?, downstream = ?, hint = ?, expires_at = ?, revision = ?, updated_at = ?
            WHERE id = ?`,
-        ).run(...this.entryValues(n), revision, this.clock().getTime(), id);
+        ).run(...entryValues(n), revision, this.clock().getTime(), id);
         this.writeEntryChildren(id, n);
         return this.decoder.entry(this.entryRow(id)!);
       }),
@@ -396,7 +316,7 @@ export class SqliteDatastore implements Datastore {
       const params: unknown[] = [];
       if (page?.cursor !== undefined) {
         where.push('e.id > ?');
-        params.push(decodeCursor(page.cursor, (k) => /^[0-9a-f-]{36}$/.test(k)));
+        params.push(decodeCursor(page.cursor, isEntryCursor));
       }
       if (filter.parentId) {
         where.push('e.parent_id = ?');
@@ -507,12 +427,7 @@ export class SqliteDatastore implements Datastore {
   recordAttestation(a: NodeAttestation): Promise<AttestedNode> {
     return this.run(() => {
       const agentId = checkAgentId(a?.agentId);
-      if (typeof a.ekPublicHash !== 'string' || !HEX64.test(a.ekPublicHash)) {
-        throw new InvalidRecordError('ekPublicHash', 'must be 64 lowercase hex digits (SHA-256)');
-      }
-      if (a.akName !== undefined && (typeof a.akName !== 'string' || !HEX.test(a.akName) || a.akName.length % 2 || a.akName.length > 132)) {
-        throw new InvalidRecordError('akName', 'must be lowercase hex of a TPM name');
-      }
+      checkAttestationKeys(a);
       const selectors = normalizeSelectors(a.selectors, 'selectors');
       const svid = checkSvid(a.svid);
       const q = checkQuote(a.quote);
@@ -602,7 +517,7 @@ export class SqliteDatastore implements Datastore {
       const params: unknown[] = [];
       if (page?.cursor !== undefined) {
         where.push('n.agent_id > ?');
-        params.push(decodeCursor(page.cursor, (k) => k.startsWith('spiffe://')));
+        params.push(decodeCursor(page.cursor, isNodeCursor));
       }
       if (filter.status !== undefined) {
         where.push('n.status = ?');
@@ -656,18 +571,13 @@ export class SqliteDatastore implements Datastore {
 
   banNode(agentId: SpiffeId, reason: string): Promise<AttestedNode> {
     return this.run(() => {
-      if (typeof reason !== 'string' || reason.trim() === '' || reason.length > 1024) {
-        throw new InvalidRecordError('reason', 'a ban needs a reason of 1-1024 characters');
-      }
-      return this.setNodeStatus(agentId, 'banned', reason);
+      return this.setNodeStatus(agentId, 'banned', checkBanReason(reason));
     });
   }
 
   markNodeDrifted(agentId: SpiffeId, reason: string, options: { readonly ifSvidSerial?: string } = {}): Promise<AttestedNode> {
     return this.run(() => {
-      if (typeof reason !== 'string' || reason.trim() === '' || reason.length > 4096) {
-        throw new InvalidRecordError('reason', 'a drift needs a reason of 1-4096 characters');
-      }
+      checkDriftReason(reason);
       const id = checkAgentId(agentId).toString();
       return this.write(() => {
         const row = this.nodeRow(agentId);
@@ -707,7 +617,7 @@ export class SqliteDatastore implements Datastore {
   setOwnBundle(trustDomain: TrustDomain, jwks: string, sequence: number): Promise<OwnBundle> {
     return this.run(() => {
       checkJwks('jwks', jwks);
-      if (!Number.isSafeInteger(sequence) || sequence < 0) throw new InvalidRecordError('sequence', 'must be a whole number ≥ 0');
+      checkSequence(sequence);
       return this.write(() => {
         const row = this.bundleRow(trustDomain);
         if (row?.kind === 'federated') throw new ConflictError(`${trustDomain.name} is a federated trust domain`);
@@ -734,9 +644,7 @@ export class SqliteDatastore implements Datastore {
   setFederatedBundle(trustDomain: TrustDomain, jwks: string, refreshHint?: number): Promise<FederatedBundle> {
     return this.run(() => {
       checkJwks('jwks', jwks);
-      if (refreshHint !== undefined && (!Number.isSafeInteger(refreshHint) || refreshHint <= 0)) {
-        throw new InvalidRecordError('refreshHint', 'must be a whole number of seconds > 0');
-      }
+      checkRefreshHint(refreshHint);
       return this.write(() => {
         const row = this.bundleRow(trustDomain);
         if (row?.kind === 'own') throw new ConflictError(`${trustDomain.name} is this store's own trust domain`);
@@ -779,15 +687,7 @@ export class SqliteDatastore implements Datastore {
 
   putCaJournal(serverId: string, json: string): Promise<void> {
     return this.run(() => {
-      if (typeof serverId !== 'string' || serverId.length === 0 || serverId.length > 256) {
-        throw new InvalidRecordError('serverId', 'must be 1-256 characters');
-      }
-      if (typeof json !== 'string' || json.length > MAX_JSON_TEXT) throw new InvalidRecordError('journal', `must be JSON text of at most ${MAX_JSON_TEXT} bytes`);
-      try {
-        JSON.parse(json);
-      } catch {
-        throw new InvalidRecordError('journal', 'is not JSON');
-      }
+      checkCaJournal(serverId, json);
       // The CA treats a saved journal as durable (it may then use a new key), so this one
       // commit is synced to disk even though the store otherwise runs synchronous=NORMAL.
       this.db.pragma('synchronous = FULL');
@@ -808,9 +708,7 @@ export class SqliteDatastore implements Datastore {
 
   issueNonce(nonce: string, expiresAt: Date, context: string): Promise<void> {
     return this.run(() => {
-      if (typeof nonce !== 'string' || nonce.length < 16 || nonce.length > 512) throw new InvalidRecordError('nonce', 'must be 16-512 characters');
-      if (typeof context !== 'string' || context.length > 4096) throw new InvalidRecordError('context', 'must be at most 4096 characters');
-      const exp = validDate('expiresAt', expiresAt).getTime();
+      const exp = checkNonce(nonce, expiresAt, context);
       this.write(() => {
         if (this.stmt('SELECT 1 FROM nonces WHERE nonce = ?').get(nonce)) throw new ConflictError('nonce already issued');
         this.stmt('INSERT INTO nonces (nonce, context, expires_at, used_at) VALUES (?, ?, ?, NULL)').run(nonce, context, exp);

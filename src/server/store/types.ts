@@ -294,7 +294,12 @@ export interface Datastore {
 
   // change feed
   currentRevision(): Promise<number>;
-  /** Changes written through this store object (other processes: poll currentRevision). */
+  /**
+   * Changes, told after they commit. SQLite: those written through this store
+   * object (other processes: poll currentRevision). PostgreSQL: those written
+   * through any store object on the database, in any process (LISTEN/NOTIFY);
+   * after a lost listening connection, one change of each kind at the current revision.
+   */
   subscribe(listener: (change: StoreChange) => void): Unsubscribe;
 
   close(): Promise<void>;

@@ -91,6 +91,8 @@ export function normalizeEntry(input: Omit<EntryInput, 'id'>): NormalizedEntry {
   if (hint !== undefined && (typeof hint !== 'string' || hint.length > MAX_HINT_LENGTH)) {
     throw new InvalidRecordError('hint', `must be a string of at most ${MAX_HINT_LENGTH} characters`);
   }
+  // PostgreSQL's text cannot hold U+0000: refused the same way by every backend.
+  if (hint?.includes('\u0000')) throw new InvalidRecordError('hint', 'contains a NUL character');
   const expiresAt = input.expiresAt;
   if (expiresAt !== undefined && (!(expiresAt instanceof Date) || Number.isNaN(expiresAt.getTime()))) {
     throw new InvalidRecordError('expiresAt', 'not a valid Date');
