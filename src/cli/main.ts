@@ -14,6 +14,7 @@ const commands: Record<string, () => Promise<Command>> = {
   'agent api watch': async () => (await import('./agent/index.js')).watchCommand(),
   'agent healthcheck': async () => (await import('./agent/index.js')).agentHealthcheckCommand(),
   'server run': async () => (await import('./server-run.js')).serverRun,
+  'server migrate-store': async () => (await import('./migrate-store.js')).migrateStore,
   'entry create': async () => (await import('./admin/index.js')).entryCreate,
   'entry list': async () => (await import('./admin/index.js')).entryList,
   'entry show': async () => (await import('./admin/index.js')).entryShow,

@@ -189,10 +189,41 @@ describe('errors name the offending key', () => {
     expect(ok.server.attestation.ek_allow_list).toEqual(['ab'.repeat(32)]);
   });
 
-  it('postgres is reserved, token and upstream keys are exclusive', () => {
-    expect(issuesOf(() => withServer((s) => s.replace('  hsm:', '  store: { postgres: { dsn: "postgres://u:secret@db/keel" } }\n  hsm:')))).toEqual([
-      { path: 'server.store.postgres', message: 'PostgreSQL is not supported yet; use sqlite' },
-    ]);
+  it('store: postgres with host or socket, password file or env, sslmode and CA; contradictions refused by path', () => {
+    const pgStore = (yaml: string) => withServer((s) => s.replace('  hsm:', `  store:\n    postgres: ${yaml}\n  hsm:`));
+    expect(pgStore('{ host: db.example.org, database: keel, user: keel, password_file: secrets/db, ca_file: db-ca.pem }').server.store).toEqual({
+      kind: 'postgres',
+      connection: {
+        host: 'db.example.org',
+        port: 5432,
+        database: 'keel',
+        user: 'keel',
+        password: { file: '/etc/keel/secrets/db' },
+        sslmode: 'verify-full',
+        caFile: '/etc/keel/db-ca.pem',
+        poolSize: 10,
+      },
+    });
+    expect(pgStore('{ socket_dir: /run/postgresql, port: 5433, database: keel, user: keel, password_env: KEEL_DB_PASSWORD, pool_size: 20 }').server.store).toEqual({
+      kind: 'postgres',
+      connection: { socketDir: '/run/postgresql', port: 5433, database: 'keel', user: 'keel', password: { env: 'KEEL_DB_PASSWORD' }, sslmode: 'disable', poolSize: 20 },
+    });
+    const bad = (yaml: string) => issuesOf(() => pgStore(yaml));
+    expect(bad('{ database: keel, user: keel }')).toEqual([{ path: 'server.store.postgres', message: 'give exactly one of host and socket_dir' }]);
+    expect(bad('{ host: db, database: keel, user: keel, password_file: a, password_env: B }')[0]?.message).toBe('give at most one of password_file and password_env');
+    expect(bad('{ host: db, database: keel, user: keel, sslmode: verify-ca }')).toEqual([{ path: 'server.store.postgres.ca_file', message: 'sslmode verify-ca needs a ca_file' }]);
+    expect(bad('{ socket_dir: /run/postgresql, database: keel, user: keel, sslmode: require }')[0]?.path).toBe('server.store.postgres.sslmode');
+    expect(bad('{ host: db, database: keel, user: keel, sslmode: prefer }')[0]?.path).toBe('server.store.postgres.sslmode');
+    expect(bad('{ host: db, database: keel, user: keel, sslmode: require, ca_file: ca.pem }')[0]?.path).toBe('server.store.postgres.ca_file');
+    expect(bad('{ host: db, database: keel, user: keel, password_env: "not a name" }')[0]?.path).toBe('server.store.postgres.password_env');
+    expect(bad('{ host: db, database: keel, user: keel, pool_size: 0 }')[0]?.path).toBe('server.store.postgres.pool_size');
+    expect(issuesOf(() => withServer((s) => s.replace('  hsm:', '  store: { sqlite: { path: a.db }, postgres: { host: db, database: k, user: k } }\n  hsm:')))[0]).toEqual({
+      path: 'server.store',
+      message: 'expected exactly one of sqlite and postgres',
+    });
+  });
+
+  it('token and upstream keys are exclusive', () => {
     expect(issuesOf(() => withServer((s) => s.replace('token_label: keel', 'token_label: keel\n    token_serial: "1234"')))[0]?.path).toBe('server.hsm');
     expect(
       issuesOf(() => withServer((s) => s.replace('    subject:', '    upstream: { cert: up.pem, key_file: up.key, hsm_key_label: x }\n    subject:')))[0]?.path,
@@ -212,7 +243,11 @@ describe('errors name the offending key', () => {
     expect(err?.issues.map((i) => i.path)).toEqual(['server.hsm.pin_source']);
     expect(err?.message).not.toContain('87654321');
     const dsn = issuesOf(() => withServer((s) => s.replace('  hsm:', '  store: { postgres: { dsn: "postgres://u:hunter2@db" } }\n  hsm:')));
+    expect(dsn.map((i) => i.path)).toContain('server.store.postgres.dsn');
     expect(JSON.stringify(dsn)).not.toContain('hunter2');
+    const pw = issuesOf(() => withServer((s) => s.replace('  hsm:', '  store: { postgres: { host: db, database: k, user: k, password: hunter2 } }\n  hsm:')));
+    expect(pw).toEqual([{ path: 'server.store.postgres.password', message: 'unknown key' }]);
+    expect(JSON.stringify(pw)).not.toContain('hunter2');
     expect(issuesOf(() => withServer((s) => s.replace('token_label: keel', 'token_label: ${TOKEN}')))[0]?.path).toBe('server.hsm.token_label');
     expect(withServer((s) => s.replace('pin_source: env:KEEL_HSM_PIN', 'pin_source: file:secrets/pin')).server.hsm.pin_source).toEqual({
       kind: 'file',
