@@ -19,10 +19,11 @@ import {
   summarize,
   verifyReplay,
   type BootApplication,
-  type CertificateSummary,
   type EventLog,
   type EventLogSummary,
   type HashAlg,
+  type SignatureDatabase,
+  type SignatureSummary,
 } from '../tpm/eventlog/index.js';
 import { PolicyError } from './errors.js';
 
@@ -106,7 +107,28 @@ export function requiredPcrs(policy: FirmwarePolicy): number[] {
 const short = (hex: string): string => (hex.length > 16 ? `${hex.slice(0, 12)}…` : hex);
 const listed = (xs: readonly string[]): string =>
   `[${xs.slice(0, MAX_LISTED).map(short).join(', ')}${xs.length > MAX_LISTED ? `, … ${xs.length - MAX_LISTED} more` : ''}]`;
-const certName = (c: CertificateSummary): string => `${c.sha256}${c.subject ? ` (${c.subject})` : ''}`;
+
+/**
+ * Which entry types a plain 64-hex value in a policy list stands for (what
+ * those lists have always meant); every type can be listed as `<type>:<value>`.
+ */
+const PLAIN: Readonly<Record<SignatureDatabase, readonly string[]>> = {
+  pk: ['x509'],
+  kek: ['x509'],
+  db: ['x509', 'sha256'],
+  dbx: ['x509', 'sha256'],
+};
+
+function listedEntry(e: SignatureSummary, values: readonly string[], plain: readonly string[]): boolean {
+  return values.includes(e.ref) || (plain.includes(e.type) && values.includes(e.value));
+}
+
+/** How a violation names an entry: certificates and db hashes as before, every other type by its label and the ref to list. */
+function entryName(e: SignatureSummary, key: SignatureDatabase): string {
+  if (e.type === 'x509') return `certificate ${e.value}${e.subject ? ` (${e.subject})` : ''}`;
+  if (e.type === 'sha256' && PLAIN[key].includes('sha256')) return `SHA-256 entry ${e.value}`;
+  return `${e.label} entry ${short(e.value)} (list it as "${e.ref}")`;
+}
 const appName = (a: BootApplication): string => `${a.digest}${a.devicePath ? ` (${a.devicePath})` : ''}`;
 
 const patterns = new WeakMap<KernelCommandLineRule, LinePattern>();
@@ -198,23 +220,26 @@ function checkFacts(rules: EventLogRules, s: EventLogSummary, v: Report): void {
     if (!s.separators.includes(p)) v('eventLog.separators', `PCR ${p} has no EV_SEPARATOR in the log`);
   }
 
-  const allowList = (key: 'pk' | 'kek' | 'db', certs: readonly CertificateSummary[], hashes: readonly string[]): void => {
+  // Every entry of every signature type is compared; none is left out for being of a type keel reads less of.
+  const allowList = (key: 'pk' | 'kek' | 'db'): void => {
     const allowed = rules[key];
     if (!allowed) return;
-    for (const c of certs) if (!allowed.includes(c.sha256)) v(`eventLog.${key}`, `certificate ${certName(c)} is in ${key} but not allowed; allowed: ${listed(allowed)}`);
-    for (const h of hashes) if (!allowed.includes(h)) v(`eventLog.${key}`, `SHA-256 entry ${h} is in ${key} but not allowed; allowed: ${listed(allowed)}`);
+    for (const e of s.signatures[key]) {
+      if (listedEntry(e, allowed, PLAIN[key])) continue;
+      v(`eventLog.${key}`, `${entryName(e, key)} is in ${key} but not allowed; allowed: ${listed(allowed)}`);
+    }
   };
-  allowList('pk', s.pk, []);
-  allowList('kek', s.kek, []);
-  allowList('db', s.db, s.dbHashes);
+  allowList('pk');
+  allowList('kek');
+  allowList('db');
 
-  const dbAll = new Set([...s.db.map((c) => c.sha256), ...s.dbHashes]);
-  const missingDb = (rules.dbRequired ?? []).filter((h) => !dbAll.has(h));
-  if (missingDb.length) v('eventLog.dbRequired', `missing from db: ${listed(missingDb)} (db has ${dbAll.size} entries)`);
-  const dbxAll = new Set([...s.dbxHashes, ...s.dbx.map((c) => c.sha256)]);
-  const missingDbx = (rules.dbxRequired ?? []).filter((h) => !dbxAll.has(h));
+  const minimum = (key: 'db' | 'dbx', required: readonly string[] | undefined): string[] =>
+    (required ?? []).filter((h) => !s.signatures[key].some((e) => listedEntry(e, [h], PLAIN[key])));
+  const missingDb = minimum('db', rules.dbRequired);
+  if (missingDb.length) v('eventLog.dbRequired', `missing from db: ${listed(missingDb)} (db has ${s.signatures.db.length} entries)`);
+  const missingDbx = minimum('dbx', rules.dbxRequired);
   if (missingDbx.length) {
-    v('eventLog.dbxRequired', `${missingDbx.length} required revocation(s) missing from dbx: ${listed(missingDbx)} (dbx has ${dbxAll.size} entries)`);
+    v('eventLog.dbxRequired', `${missingDbx.length} required revocation(s) missing from dbx: ${listed(missingDbx)} (dbx has ${s.signatures.dbx.length} entries)`);
   }
 
   checkBootApplications(rules, s.bootApplications, v);

@@ -13,6 +13,7 @@ import {
   summarize,
   type EventLog,
   type EventLogSummary,
+  type SignatureSummary,
 } from '../tpm/eventlog/index.js';
 import { PolicyError } from './errors.js';
 import { evaluatePolicy } from './evaluate.js';
@@ -63,6 +64,19 @@ function summaryOf(log: EventLog, bank: PolicyBank): EventLogSummary {
 
 const unique = (xs: readonly string[]): string[] => [...new Set(xs)];
 
+/**
+ * How a generated policy lists an entry: certificates (and db/dbx SHA-256
+ * hashes) as the plain values policies have always held, so that existing
+ * machines generate the same files; every other type as `<type>:<value>`,
+ * which only that type matches. Plain ones first, in the order of `plain`
+ * (the order earlier versions wrote them in).
+ */
+function entryValues(entries: readonly SignatureSummary[], plain: readonly string[]): string[] {
+  const rank = (e: SignatureSummary): number => (plain.includes(e.type) ? plain.indexOf(e.type) : plain.length);
+  const sorted = entries.map((e, k) => ({ e, k })).sort((a, b) => rank(a.e) - rank(b.e) || a.k - b.k);
+  return unique(sorted.map(({ e }) => (plain.includes(e.type) ? e.value : e.ref)));
+}
+
 export function policyFromEvidence(input: PolicyFromEvidenceInput): FirmwarePolicy {
   const { include, bank } = input;
   const pcrs: Record<string, string> = {};
@@ -80,11 +94,11 @@ export function policyFromEvidence(input: PolicyFromEvidenceInput): FirmwarePoli
     eventLog = {};
     if (include.secureBoot && s.secureBoot !== undefined) eventLog.secureBoot = s.secureBoot ? 'required' : 'disabled';
     if (include.certs) {
-      eventLog.pk = unique(s.pk.map((c) => c.sha256));
-      eventLog.kek = unique(s.kek.map((c) => c.sha256));
-      eventLog.db = unique([...s.db.map((c) => c.sha256), ...s.dbHashes]);
+      eventLog.pk = entryValues(s.signatures.pk, ['x509']);
+      eventLog.kek = entryValues(s.signatures.kek, ['x509']);
+      eventLog.db = entryValues(s.signatures.db, ['x509', 'sha256']);
     }
-    if (include.dbx) eventLog.dbxRequired = unique([...s.dbxHashes, ...s.dbx.map((c) => c.sha256)]);
+    if (include.dbx) eventLog.dbxRequired = entryValues(s.signatures.dbx, ['sha256', 'x509']);
     // The PCR 7 separator ends the Secure Boot configuration; authorities come after it.
     if (include.secureBoot && s.separators.includes(7) && !s.separatorErrors.includes(7)) eventLog.separators = [7];
     const apps = s.bootApplications.map((a) => a.digest);
@@ -122,6 +136,8 @@ export function evidenceComments(log: EventLog, bank: PolicyBank): Map<string, s
   const s = summaryOf(log, bank);
   const out = new Map<string, string>();
   for (const c of [...s.pk, ...s.kek, ...s.db, ...s.dbx]) if (c.subject) out.set(c.sha256, c.subject);
+  // Typed entries say what they are; their hex alone would not.
+  for (const list of Object.values(s.signatures)) for (const e of list) if (e.type !== 'x509' && e.type !== 'sha256') out.set(e.ref, e.label);
   for (const a of s.bootApplications) if (a.devicePath) out.set(a.digest, a.devicePath);
   return out;
 }

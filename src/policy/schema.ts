@@ -6,7 +6,7 @@
  * lengths) and the command-line pattern.
  */
 import { z } from 'zod';
-import type { DigestForm } from '../tpm/eventlog/index.js';
+import { valueHexLength, type DigestForm } from '../tpm/eventlog/index.js';
 import { compileLinePattern, LinePatternError } from './line-pattern.js';
 import type { PolicyIssue } from './errors.js';
 
@@ -34,14 +34,18 @@ export type KernelCommandLineRule = { readonly regex: string } | { readonly exac
 export interface EventLogRules {
   readonly required: boolean;
   readonly secureBoot: SecureBootRule;
-  /** Allow-lists of certificate SHA-256 fingerprints (lowercase hex): every certificate present must be listed. */
+  /**
+   * Allow-lists (lowercase): every entry present, of any signature type, must
+   * be listed. A plain 64-hex value is a certificate's SHA-256 fingerprint
+   * (for db also an EFI_CERT_SHA256 hash); any entry can be named
+   * `<type>:<value>` (see src/tpm/eventlog/signature-types.ts).
+   */
   readonly pk?: readonly string[];
   readonly kek?: readonly string[];
-  /** Allow-list for db: certificate fingerprints and EFI_CERT_SHA256 entries alike. */
   readonly db?: readonly string[];
-  /** Entries (certificate fingerprint or SHA-256 hash) that db must contain. */
+  /** Entries db must contain: plain (certificate fingerprint or SHA-256 hash) or `<type>:<value>`. */
   readonly dbRequired?: readonly string[];
-  /** Revocations (SHA-256 hash or certificate fingerprint) that dbx must contain: a minimum dbx. */
+  /** Revocations dbx must contain (a minimum dbx): plain (SHA-256 hash or certificate fingerprint) or `<type>:<value>`. */
   readonly dbxRequired?: readonly string[];
   /** PCRs that must carry an EV_SEPARATOR (without the error value). */
   readonly separators?: readonly number[];
@@ -205,6 +209,37 @@ class Checker {
     return ok ? out : undefined;
   }
 
+  /**
+   * A list of signature-database entries: plain 64-hex values (what policies
+   * have always held) or `<type>:<value>`, normalized to lowercase.
+   */
+  signatureList(v: unknown, path: Path, allowEmpty: boolean): string[] | undefined {
+    if (!Array.isArray(v)) return this.issue(path, `expected a list of 64-character hex values or <type>:<value> entries, got ${shown(v)}`);
+    if (v.length === 0 && !allowEmpty) return this.issue(path, 'expected at least one value');
+    if (v.length > MAX_LIST) return this.issue(path, `more than ${MAX_LIST} values`);
+    const out: string[] = [];
+    let ok = true;
+    v.forEach((item, k) => {
+      const e = this.signatureEntry(item, [...path, k]);
+      if (e === undefined) ok = false;
+      else out.push(e);
+    });
+    if (ok && new Set(out).size !== out.length) return this.issue(path, 'duplicate entries');
+    return ok ? out : undefined;
+  }
+
+  private signatureEntry(v: unknown, path: Path): string | undefined {
+    if (typeof v !== 'string' || !v.includes(':')) return this.hex(v, path, 64, '(SHA-256)');
+    const at = v.lastIndexOf(':');
+    const token = v.slice(0, at).toLowerCase();
+    const len = valueHexLength(token);
+    if (len === undefined) {
+      return this.issue(path, `unknown signature type ${shown(v.slice(0, at))}: expected a type name (x509, sha256, sha384, rsa2048, x509-sha256, …) or the GUID of a type keel does not name`);
+    }
+    const value = this.hex(v.slice(at + 1), path, len, `for a ${token} entry`);
+    return value === undefined ? undefined : `${token}:${value}`;
+  }
+
   pcrs(raw: Readonly<Record<string, unknown>> | undefined): Map<number, string[]> {
     const out = new Map<number, string[]>();
     const len = HEX_LENGTH[this.bank];
@@ -223,7 +258,7 @@ class Checker {
     const p = ['eventLog'];
     const fp = (key: string, allowEmpty: boolean): string[] | undefined => {
       const v = raw[key as keyof typeof raw];
-      return v === undefined ? undefined : this.hexList(v, [...p, key], 64, '(SHA-256)', { single: false, allowEmpty });
+      return v === undefined ? undefined : this.signatureList(v, [...p, key], allowEmpty);
     };
     const bankLen = HEX_LENGTH[this.bank];
     const bootloaders = raw.bootloaders?.map(

@@ -5,6 +5,7 @@
  */
 import { X509Certificate, createHash } from 'node:crypto';
 import { ByteReader } from './reader.js';
+import { signatureTypeByGuid } from './signature-types.js';
 
 /** Formats a 16-byte EFI_GUID (first three fields little-endian) as lowercase text. */
 export function formatGuid(b: Buffer): string {
@@ -108,10 +109,14 @@ export function parseSignatureLists(buf: Buffer, base: number): SignatureEntry[]
       const owner = formatGuid(r.bytes(16, 'SignatureOwner'));
       const dataAt = r.offset;
       const data = r.bytes(sigSize - 16, 'SignatureData');
+      // A known type with the wrong size is not something firmware would act on as that type.
+      const known = signatureTypeByGuid(signatureType);
+      if (known?.dataSize !== undefined && data.length !== known.dataSize) {
+        r.fail(`${known.label} entry is ${data.length} bytes, expected ${known.dataSize}`, dataAt);
+      }
       if (signatureType === Guids.EFI_CERT_X509) {
         out.push({ type: 'x509', owner, certificate: certificateInfo(data) });
       } else if (signatureType === Guids.EFI_CERT_SHA256) {
-        if (data.length !== 32) r.fail(`EFI_CERT_SHA256 entry is ${data.length} bytes`, dataAt);
         out.push({ type: 'sha256', owner, hash: data.toString('hex') });
       } else {
         out.push({ type: 'other', owner, signatureType, data });

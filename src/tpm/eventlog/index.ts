@@ -4,7 +4,13 @@
  * decoding of the events a firmware policy checks, digest checks of event
  * data, and a summary for policies.
  */
-export { EventLogParseError, EventLogReplayError, EventLogDigestError } from './errors.js';
+export {
+  EventLogParseError,
+  EventLogReplayError,
+  EventLogDigestError,
+  EventLogMissingDigestError,
+  EventLogHcrtmError,
+} from './errors.js';
 export {
   EventType,
   eventTypeName,
@@ -32,6 +38,7 @@ export {
   replay,
   verifyReplay,
   initialPcrValue,
+  pcr0StartLocality,
   type PcrValues,
   type ReplayOptions,
   type ReplayMatch,
@@ -70,5 +77,17 @@ export {
   summarize,
   type EventLogSummary,
   type CertificateSummary,
+  type SignatureSummary,
+  type SignatureDatabase,
   type BootApplication,
 } from './summary.js';
+export {
+  SIGNATURE_TYPES,
+  signatureTypeByGuid,
+  signatureTypeByName,
+  typedSignature,
+  valueHexLength,
+  type SignatureTypeName,
+  type SignatureTypeInfo,
+  type TypedSignature,
+} from './signature-types.js';

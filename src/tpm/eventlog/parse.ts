@@ -5,6 +5,13 @@
  *   lists the algorithms and their digest sizes, then TCG_PCR_EVENT2 records with a
  *   TPML_DIGEST_VALUES each.
  * All little-endian. Strict: any inconsistency is an EventLogParseError with the offset.
+ *
+ * Two rules for logs as they are found in the field:
+ * - The log ends at the first all-zero event header (what the Linux kernel
+ *   does): logs read from firmware memory or /sys often carry zero fill up
+ *   to the size of the area reserved for them.
+ * - Every TCG_PCR_EVENT2 must carry a digest for every bank the Spec ID event
+ *   lists (PC Client PFP); one with fewer is an EventLogMissingDigestError.
  */
 import {
   DEFAULT_LIMITS,
@@ -16,7 +23,7 @@ import {
   type EventLogLimits,
   type HashAlg,
 } from './constants.js';
-import { EventLogParseError } from './errors.js';
+import { EventLogHcrtmError, EventLogMissingDigestError, EventLogParseError } from './errors.js';
 import { ByteReader } from './reader.js';
 
 export interface EventDigest {
@@ -60,8 +67,16 @@ interface EventLogCommon {
   readonly events: readonly TcgEvent[];
   /** Locality from a StartupLocality EV_NO_ACTION event in PCR 0 (0, 3 or 4), if the log has one. */
   readonly startupLocality: number | undefined;
+  /**
+   * Sequence number of the EV_EFI_HCRTM_EVENT, if the log says an H-CRTM
+   * sequence ran before TPM2_Startup (TPM 2.0 Library Part 1, H-CRTM): PCR 0
+   * then starts at 00…04 and that event is its first measurement.
+   */
+  readonly hcrtmEvent: number | undefined;
   /** Size in bytes of the raw log. */
   readonly size: number;
+  /** Bytes after the last event: from the first all-zero event header to the end (zero fill). */
+  readonly padding: number;
 }
 
 export type EventLog =
@@ -75,6 +90,10 @@ export interface ParseOptions {
 const SPEC_ID_03 = Buffer.from('Spec ID Event03\0', 'latin1');
 const STARTUP_LOCALITY = Buffer.from('StartupLocality\0', 'latin1');
 const SHA1_SIZE = 20;
+/** Fixed part of an event before its data: TCG_PCR_EVENT up to eventSize; TCG_PCR_EVENT2 up to the digest count. */
+const SHA1_HEADER = 4 + 4 + SHA1_SIZE + 4;
+const AGILE_HEADER = 4 + 4 + 4;
+const HCRTM_DATA = Buffer.from('HCRTM', 'latin1');
 /** Bounds on the Spec ID event: no real log lists more than a handful of algorithms. */
 const MAX_SPEC_ALGORITHMS = 32;
 const MAX_DIGEST_SIZE = 128;
@@ -91,23 +110,31 @@ export function parseEventLog(input: Uint8Array, opts: ParseOptions = {}): Event
   const r = new ByteReader(raw);
   const events: TcgEvent[] = [];
 
+  if (isZeroHeader(r, SHA1_HEADER)) throw new EventLogParseError(0, 'log is empty (zero fill only)');
   const first = readSha1Event(r, 0, limits);
   const specId = isSpecIdHeader(first) ? parseSpecId(first) : undefined;
   events.push(first);
-  if (specId === undefined) {
-    while (r.remaining > 0) {
-      checkCount(events.length, r.offset, limits);
-      events.push(readSha1Event(r, events.length, limits));
-    }
-  } else {
-    while (r.remaining > 0) {
-      checkCount(events.length, r.offset, limits);
-      events.push(readAgileEvent(r, events.length, specId, limits));
-    }
+  const headerSize = specId === undefined ? SHA1_HEADER : AGILE_HEADER;
+  while (r.remaining > 0 && !isZeroHeader(r, headerSize)) {
+    checkCount(events.length, r.offset, limits);
+    events.push(specId === undefined ? readSha1Event(r, events.length, limits) : readAgileEvent(r, events.length, specId, limits));
   }
   const startupLocality = findStartupLocality(events);
-  const common = { events, startupLocality, size: raw.length };
+  const hcrtmEvent = findHcrtm(events, startupLocality);
+  const common = { events, startupLocality, hcrtmEvent, size: raw.length, padding: r.remaining };
   return specId === undefined ? { format: 'sha1', ...common } : { format: 'crypto-agile', specId, ...common };
+}
+
+/**
+ * The end of the log, as the Linux kernel reads it: an event header whose
+ * fixed part is all zero (PCR 0, type 0, no digests or a zero one, no data),
+ * or fewer bytes than a header that are all zero. No real event has such a
+ * header: a crypto-agile event must list every bank, and a SHA-1 one of type
+ * EV_PREBOOT_CERT with no data and a zero digest is not something firmware
+ * logs. What follows it is not read.
+ */
+function isZeroHeader(r: ByteReader, headerSize: number): boolean {
+  return r.peek(headerSize).every((b) => b === 0);
 }
 
 function checkCount(n: number, offset: number, limits: EventLogLimits): void {
@@ -156,6 +183,10 @@ function readAgileEvent(r: ByteReader, seq: number, spec: SpecIdEvent, limits: E
     if (!alg) r.fail(`digest algorithm 0x${algId.toString(16)} is not listed in the Spec ID event`, algAt);
     if (digests.some((d) => d.algId === algId)) r.fail(`digest algorithm 0x${algId.toString(16)} appears twice`, algAt);
     digests.push({ algId, alg: alg.alg, digest: r.bytes(alg.digestSize, 'digest') });
+  }
+  if (count < spec.algorithms.length) {
+    const missing = spec.algorithms.filter((a) => !digests.some((d) => d.algId === a.algId));
+    throw new EventLogMissingDigestError(countAt, seq, missing.map((a) => a.alg ?? `alg 0x${a.algId.toString(16).padStart(4, '0')}`));
   }
   const { dataOffset, data } = readData(r, limits);
   return { seq, offset, dataOffset, pcrIndex, eventType, typeName: eventTypeName(eventType), digests, data };
@@ -236,6 +267,37 @@ function findStartupLocality(events: readonly TcgEvent[]): number | undefined {
     }
   }
   return locality;
+}
+
+/**
+ * The H-CRTM event (PC Client PFP: EV_EFI_HCRTM_EVENT, data "HCRTM") records
+ * the digest the TPM extended into PCR 0 during _TPM_Hash_Start/Data/End,
+ * before TPM2_Startup; PCR 0 was reset to 00…04 for it. A TPM runs that
+ * sequence at most once per reset and nothing can come before it in PCR 0,
+ * so anything else is a log that describes an impossible TPM. A
+ * StartupLocality event may accompany it only with the value 4, the one
+ * that says the same thing.
+ */
+function findHcrtm(events: readonly TcgEvent[], startupLocality: number | undefined): number | undefined {
+  let hcrtm: TcgEvent | undefined;
+  let pcr0Extended = false;
+  for (const e of events) {
+    if (e.eventType === EventType.EV_EFI_HCRTM_EVENT) {
+      const fail = (reason: string): never => {
+        throw new EventLogHcrtmError(e.offset, e.seq, `event ${e.seq} (EV_EFI_HCRTM_EVENT) ${reason}`);
+      };
+      if (e.pcrIndex !== 0) fail(`is in PCR ${e.pcrIndex}; an H-CRTM measures into PCR 0 only`);
+      if (!e.data.equals(HCRTM_DATA)) fail(`carries ${e.data.length} bytes of data, not the string "HCRTM"`);
+      if (hcrtm) fail(`is the second one (the first is event ${hcrtm.seq}); the TPM runs one H-CRTM sequence per reset`);
+      if (pcr0Extended) fail('comes after PCR 0 was extended; the H-CRTM measurement is the first one in PCR 0');
+      if (startupLocality !== undefined && startupLocality !== 4) {
+        fail(`claims PCR 0 started at 00…04, but the StartupLocality event says ${startupLocality}`);
+      }
+      hcrtm = e;
+    }
+    if (e.pcrIndex === 0 && e.eventType !== EventType.EV_NO_ACTION) pcr0Extended = true;
+  }
+  return hcrtm?.seq;
 }
 
 /** The digest of `event` in bank `alg`, if the event has one. */

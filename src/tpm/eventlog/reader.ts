@@ -77,6 +77,11 @@ export class ByteReader {
     return b;
   }
 
+  /** A view of the next `n` bytes (fewer at the end), without consuming them. */
+  peek(n: number): Buffer {
+    return this.buf.subarray(this.pos, this.pos + Math.max(0, n));
+  }
+
   rest(): Buffer {
     return this.bytes(this.remaining, 'rest');
   }

@@ -7,7 +7,8 @@
 import { EventType, type HashAlg } from './constants.js';
 import { verifyEventDigest, type DigestForm } from './digests.js';
 import { decodeEventData, type DecodedEvent, type KnownVariable } from './event-data.js';
-import type { SignatureEntry } from './efi.js';
+import { Guids, type SignatureEntry } from './efi.js';
+import { typedSignature, type TypedSignature } from './signature-types.js';
 import { EventLogDigestError, EventLogParseError, EventLogReplayError } from './errors.js';
 import { eventDigest, type EventLog, type TcgEvent } from './parse.js';
 
@@ -18,6 +19,16 @@ export interface CertificateSummary {
   /** EFI_SIGNATURE_DATA owner GUID, when the log carries one. */
   readonly owner: string | undefined;
 }
+
+/** One entry of PK, KEK, db or dbx, of any signature type. */
+export interface SignatureSummary extends TypedSignature {
+  /** EFI_SIGNATURE_DATA owner GUID. */
+  readonly owner: string;
+  /** X.509 entries: the certificate subject, when it parses. */
+  readonly subject: string | undefined;
+}
+
+export type SignatureDatabase = 'pk' | 'kek' | 'db' | 'dbx';
 
 export interface BootApplication {
   readonly seq: number;
@@ -36,6 +47,12 @@ export interface EventLogSummary {
   readonly dbHashes: readonly string[];
   readonly dbx: readonly CertificateSummary[];
   readonly dbxHashes: readonly string[];
+  /**
+   * Every entry of each list, of every signature type, in the variable's
+   * order. The fields above keep only X.509 and SHA-256 entries; a policy
+   * that pins a list must read this one, or it misses the other types.
+   */
+  readonly signatures: Readonly<Record<SignatureDatabase, readonly SignatureSummary[]>>;
   /** Certificates that authorized loaded images (EV_EFI_VARIABLE_AUTHORITY in PCR 7). */
   readonly authorities: readonly CertificateSummary[];
   /** EV_EFI_BOOT_SERVICES_APPLICATION in PCR 4: boot loaders, shim, UKI/kernel. */
@@ -57,6 +74,18 @@ function certs(entries: readonly SignatureEntry[]): CertificateSummary[] {
   return entries.flatMap((s) =>
     s.type === 'x509' ? [{ sha256: s.certificate.sha256, subject: s.certificate.subject, owner: s.owner }] : [],
   );
+}
+
+function typed(entries: readonly SignatureEntry[]): SignatureSummary[] {
+  return entries.map((s) => {
+    if (s.type === 'x509') {
+      return { ...typedSignature(Guids.EFI_CERT_X509, s.certificate.der), owner: s.owner, subject: s.certificate.subject };
+    }
+    if (s.type === 'sha256') {
+      return { ...typedSignature(Guids.EFI_CERT_SHA256, Buffer.from(s.hash, 'hex')), owner: s.owner, subject: undefined };
+    }
+    return { ...typedSignature(s.signatureType, s.data), owner: s.owner, subject: undefined };
+  });
 }
 
 function hashes(entries: readonly SignatureEntry[]): string[] {
@@ -142,6 +171,7 @@ export function summarize(log: EventLog, bank: HashAlg): EventLogSummary {
     dbHashes: hashes(list('db')),
     dbx: certs(list('dbx')),
     dbxHashes: hashes(list('dbx')),
+    signatures: { pk: typed(list('PK')), kek: typed(list('KEK')), db: typed(list('db')), dbx: typed(list('dbx')) },
     authorities,
     bootApplications,
     kernelCommandLines,
