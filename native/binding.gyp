@@ -21,10 +21,10 @@
       "cflags_cc!": ["-fno-exceptions"],
       "cflags_cc": [
         "-std=c++17", "-fexceptions", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
-        "<!@(pkg-config --cflags tss2-esys tss2-tctildr tss2-mu tss2-rc)"
+        "<!@(pkg-config --cflags tss2-esys tss2-sys tss2-tctildr tss2-mu tss2-rc)"
       ],
       "libraries": [
-        "<!@(pkg-config --libs tss2-esys tss2-tctildr tss2-mu tss2-rc)"
+        "<!@(pkg-config --libs tss2-esys tss2-sys tss2-tctildr tss2-mu tss2-rc)"
       ]
     }
   ]

@@ -32,8 +32,16 @@ export interface Swtpm {
   readonly env: NodeJS.ProcessEnv;
   /** Stops swtpm (and keeps the state dir if asked, for a restart). */
   stop(opts?: { keepState?: boolean }): Promise<void>;
-  /** Stops and starts swtpm on the same state: a TPM reset (power cycle). */
+  /** Stops and starts swtpm on the same state: a TPM reset (power cycle). May move to another port. */
   restart(): Promise<void>;
+  /**
+   * Takes the TPM away (the process stops, its state stays) without giving up
+   * its ports: resume() brings it back on the same ports, so a TCTI opened
+   * before reaches it again. The TPM is reset in between, as by a power cycle:
+   * transient objects and sessions are gone, persistent ones and NV stay.
+   */
+  halt(): Promise<void>;
+  resume(): Promise<void>;
 }
 
 export class SimulatorError extends Error {
@@ -129,10 +137,11 @@ export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
   let child: ChildProcess | undefined;
   let port = 0;
 
-  const launch = async (): Promise<void> => {
+  const launch = async (samePort = false): Promise<void> => {
     let lastErr: unknown;
     for (let attempt = 0; attempt < 5; attempt++) {
-      port = await freePortPair();
+      if (!samePort || port === 0) port = await freePortPair();
+      else if (attempt > 0) await new Promise((r) => setTimeout(r, 200)); // the old listener may still be closing
       const c = spawn(
         'swtpm',
         [
@@ -199,6 +208,13 @@ export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
     async restart() {
       await halt();
       await launch();
+    },
+    async halt() {
+      await halt();
+    },
+    async resume() {
+      if (child) return;
+      await launch(true);
     },
   } as Swtpm;
   return sim;

@@ -28,7 +28,7 @@ Napi::Value toJs(Napi::Env env, const Value& v) {
 
 // The rejection value: an Error with `kind`, `command`, `rc` and `rcText`
 // for the TypeScript layer to turn into a typed error.
-Napi::Value toJsError(Napi::Env env, const Failure& f, const std::string& tcti) {
+Napi::Value toJsError(Napi::Env env, const Failure& f, const std::string& tcti, bool broken = false) {
   Napi::Error e = Napi::Error::New(env, f.message);
   Napi::Object o = e.Value();
   o.Set("kind", failureKindName(f.kind));
@@ -36,6 +36,8 @@ Napi::Value toJsError(Napi::Env env, const Failure& f, const std::string& tcti) 
   o.Set("rc", Napi::Number::New(env, f.rc));
   o.Set("rcText", f.rc ? decodeRc(f.rc) : std::string());
   o.Set("tcti", tcti);
+  // The connection is broken: nothing reaches the TPM until reconnect().
+  o.Set("broken", Napi::Boolean::New(env, broken));
   return o;
 }
 
@@ -112,7 +114,8 @@ class Job : public Napi::AsyncWorker {
       result_ = work_(*dev_->tpm_);
     } catch (const Failure& f) {
       failure_ = f;
-      SetError(f.message);
+      dev_->tpm_->noteFailure(*failure_);
+      SetError(failure_->message);
     } catch (const std::exception& e) {
       failure_ = Failure(FailureKind::Tpm, "", 0, std::string("internal error: ") + e.what());
       SetError(failure_->message);
@@ -125,7 +128,7 @@ class Job : public Napi::AsyncWorker {
   }
   void OnError(const Napi::Error&) override {
     Napi::HandleScope scope(Env());
-    deferred_.Reject(toJsError(Env(), *failure_, dev_->tpm_->tcti()));
+    deferred_.Reject(toJsError(Env(), *failure_, dev_->tpm_->tcti(), dev_->tpm_->broken()));
     dev_->jobDone();
   }
 
@@ -143,6 +146,7 @@ Napi::Function Device::Define(Napi::Env env) {
                      {
                          InstanceMethod<&Device::Connect>("connect"),
                          InstanceMethod<&Device::Close>("close"),
+                         InstanceMethod<&Device::Reconnect>("reconnect"),
                          InstanceMethod<&Device::GetRandom>("getRandom"),
                          InstanceMethod<&Device::PcrRead>("pcrRead"),
                          InstanceMethod<&Device::PcrExtend>("pcrExtend"),
@@ -200,6 +204,13 @@ void Device::jobDone() {
 Napi::Value Device::Connect(const Napi::CallbackInfo& info) {
   return Submit(info.Env(), [](TpmSession& t) {
     t.connect();
+    return keel::Value::undefined();
+  });
+}
+
+Napi::Value Device::Reconnect(const Napi::CallbackInfo& info) {
+  return Submit(info.Env(), [](TpmSession& t) {
+    t.reconnect();
     return keel::Value::undefined();
   });
 }

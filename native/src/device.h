@@ -28,6 +28,7 @@ class Device : public Napi::ObjectWrap<Device> {
 
   Napi::Value Connect(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
+  Napi::Value Reconnect(const Napi::CallbackInfo& info);
   Napi::Value GetRandom(const Napi::CallbackInfo& info);
   Napi::Value PcrRead(const Napi::CallbackInfo& info);
   Napi::Value PcrExtend(const Napi::CallbackInfo& info);

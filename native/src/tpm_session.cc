@@ -5,6 +5,7 @@
 
 #include <tss2/tss2_mu.h>
 #include <tss2/tss2_rc.h>
+#include <tss2/tss2_sys.h>
 #include <tss2/tss2_tctildr.h>
 
 #include "failure.h"
@@ -24,7 +25,11 @@ using Owned = std::unique_ptr<T, EsysFree>;
 class TrGuard {
  public:
   enum class Mode { Flush, Close };
-  TrGuard(ESYS_CONTEXT* ctx, ESYS_TR tr, Mode mode) : ctx_(ctx), tr_(tr), mode_(mode) {}
+  // A Flush guard given `orphans` records the TPM handle of an object or
+  // session whose flush failed (a broken connection), to flush it after the
+  // reconnect.
+  TrGuard(ESYS_CONTEXT* ctx, ESYS_TR tr, Mode mode, std::vector<Orphan>* orphans = nullptr)
+      : ctx_(ctx), tr_(tr), mode_(mode), orphans_(orphans) {}
   ~TrGuard() { reset(); }
   TrGuard(const TrGuard&) = delete;
   TrGuard& operator=(const TrGuard&) = delete;
@@ -40,8 +45,19 @@ class TrGuard {
   }
   void reset() {
     if (tr_ == ESYS_TR_NONE) return;
-    if (mode_ == Mode::Flush) Esys_FlushContext(ctx_, tr_);
-    else Esys_TR_Close(ctx_, &tr_);
+    if (mode_ == Mode::Flush) {
+      TPM2_HANDLE h = 0;
+      bool known = Esys_TR_GetTpmHandle(ctx_, tr_, &h) == TSS2_RC_SUCCESS;
+      if (Esys_FlushContext(ctx_, tr_) != TSS2_RC_SUCCESS && orphans_ && known && h != 0) {
+        Bytes name;
+        TPM2B_NAME* n = nullptr;
+        if (Esys_TR_GetName(ctx_, tr_, &n) == TSS2_RC_SUCCESS && n) name.assign(n->name, n->name + n->size);
+        Esys_Free(n);
+        orphans_->push_back(Orphan{h, std::move(name)});
+      }
+    } else {
+      Esys_TR_Close(ctx_, &tr_);
+    }
     tr_ = ESYS_TR_NONE;
   }
 
@@ -49,9 +65,25 @@ class TrGuard {
   ESYS_CONTEXT* ctx_;
   ESYS_TR tr_;
   Mode mode_;
+  std::vector<Orphan>* orphans_;
 };
 
 bool isTctiLayer(TSS2_RC rc) { return (rc & TSS2_RC_LAYER_MASK) == TSS2_TCTI_RC_LAYER; }
+
+// A failure after which the ESYS context is unusable or the TPM's answer was
+// lost: the connection must be rebuilt. (ESYS stays in an internal-error
+// state after a TCTI failure and answers BAD_SEQUENCE to everything after.)
+bool isTransportFailure(TSS2_RC rc) {
+  if (rc == TSS2_RC_SUCCESS) return false;
+  if (isTctiLayer(rc)) return true;
+  if ((rc & TSS2_RC_LAYER_MASK) == TSS2_SYS_RC_LAYER) {
+    TSS2_RC base = rc & 0xFFFF;
+    return base == TSS2_BASE_RC_IO_ERROR || base == TSS2_BASE_RC_BAD_SEQUENCE || base == TSS2_BASE_RC_INSUFFICIENT_RESPONSE ||
+           base == TSS2_BASE_RC_MALFORMED_RESPONSE;
+  }
+  return rc == TSS2_ESYS_RC_BAD_SEQUENCE || rc == TSS2_ESYS_RC_IO_ERROR || rc == TSS2_ESYS_RC_INSUFFICIENT_RESPONSE ||
+         rc == TSS2_ESYS_RC_MALFORMED_RESPONSE;
+}
 
 // TPM_RC_INITIALIZE (0x100): the TPM wants TPM2_Startup first.
 bool needsStartup(TSS2_RC rc) { return (rc & 0xFFFF) == TPM2_RC_INITIALIZE; }
@@ -126,7 +158,7 @@ class TpmSession::EkLease {
  public:
   EkLease(TpmSession& s, EkKind kind)
       : ref_(s.acquireEk(kind)),
-        guard_(s.esys_, ref_.transient ? ref_.tr : ESYS_TR_NONE, TrGuard::Mode::Flush) {}
+        guard_(s.esys_, ref_.transient ? ref_.tr : ESYS_TR_NONE, TrGuard::Mode::Flush, &s.orphans_) {}
   ESYS_TR tr() const { return ref_.tr; }
   const TPMT_PUBLIC& pub() const { return ref_.pub; }
 
@@ -140,7 +172,7 @@ class TpmSession::EkLease {
 // password for high-range EKs, which set userWithAuth.
 class TpmSession::EkAuth {
  public:
-  EkAuth(TpmSession& s, EkKind kind) : guard_(s.esys_, ESYS_TR_NONE, TrGuard::Mode::Flush) {
+  EkAuth(TpmSession& s, EkKind kind) : guard_(s.esys_, ESYS_TR_NONE, TrGuard::Mode::Flush, &s.orphans_) {
     const EkProfile& prof = ekProfile(kind);
     if (prof.usePasswordAuth) {
       handle_ = ESYS_TR_PASSWORD;
@@ -237,11 +269,18 @@ TpmSession::~TpmSession() {
 }
 
 void TpmSession::requireOpen() const {
-  if (!esys_) throw Failure(FailureKind::Closed, "", 0, "the TPM device is closed");
+  if (closed_) throw Failure(FailureKind::Closed, "", 0, "the TPM device is closed");
+  if (broken_ || !esys_)
+    throw Failure(FailureKind::Connection, "", 0,
+                  "the connection to the TPM on TCTI '" + tcti_ + "' was lost and is not reopened yet");
 }
 
 void TpmSession::connect() {
-  if (esys_) return;
+  if (esys_ || closed_) return;
+  open();
+}
+
+void TpmSession::open() {
   TSS2_RC rc = Tss2_TctiLdr_Initialize(tcti_.c_str(), &tctiCtx_);
   if (rc != TSS2_RC_SUCCESS) {
     tctiCtx_ = nullptr;
@@ -276,29 +315,95 @@ void TpmSession::connect() {
     }
     break;
   }
-  FailureKind kind = isTctiLayer(rc) ? FailureKind::Connection : FailureKind::Tpm;
+  FailureKind kind = isTransportFailure(rc) ? FailureKind::Connection : FailureKind::Tpm;
   std::string msg = kind == FailureKind::Connection
                         ? "the TPM on TCTI '" + tcti_ + "' does not answer: " + decodeRc(rc)
                         : "TPM2_GetCapability failed: " + decodeRc(rc);
-  release();
+  finalize();
   throw Failure(kind, "TPM2_GetCapability", rc, msg);
 }
 
-void TpmSession::release() {
-  aks_.clear();
+void TpmSession::finalize() {
   for (int k = 0; k < 3; k++) {
     persistentEk_[k] = ESYS_TR_NONE;
     ekProbed_[k] = false;
   }
+  for (auto& [id, e] : aks_) e.tr = ESYS_TR_NONE;
   if (esys_) Esys_Finalize(&esys_);
   if (tctiCtx_) Tss2_TctiLdr_Finalize(&tctiCtx_);
   esys_ = nullptr;
   tctiCtx_ = nullptr;
 }
 
+void TpmSession::release() {
+  aks_.clear();
+  orphans_.clear();
+  finalize();
+}
+
+void TpmSession::noteFailure(Failure& f) {
+  if (closed_ || !esys_ || f.kind == FailureKind::Connection) {
+    if (f.kind == FailureKind::Connection && esys_) broken_ = true;
+    return;
+  }
+  if (!isTransportFailure(f.rc)) return;
+  broken_ = true;
+  f.kind = FailureKind::Connection;
+  f.message = "lost the connection to the TPM on TCTI '" + tcti_ + "' (" + f.message + ")";
+}
+
+void TpmSession::reconnect() {
+  if (closed_) throw Failure(FailureKind::Closed, "", 0, "the TPM device is closed");
+  if (esys_ && !broken_) return;
+  if (esys_) {
+    // What this connection had loaded: flushed after reconnecting if the TPM
+    // still holds it (only the connection broke), else it went with a TPM reset.
+    for (auto& [id, e] : aks_) {
+      if (e.tr == ESYS_TR_NONE || e.persistent) continue;
+      TPM2_HANDLE h = 0;
+      if (Esys_TR_GetTpmHandle(esys_, e.tr, &h) == TSS2_RC_SUCCESS && h != 0) orphans_.push_back(Orphan{h, e.name});
+    }
+  }
+  finalize();
+  open();  // throws Connection while the TPM is unreachable; broken_ stays set
+  broken_ = false;
+  flushOrphans();
+}
+
+void TpmSession::flushOrphans() {
+  std::vector<Orphan> left;
+  left.swap(orphans_);
+  for (const Orphan& o : left) {
+    const TPM2_HANDLE type = o.handle >> 24;
+    if (type == TPM2_HT_TRANSIENT) {
+      // Flushed only when the object there is still the one this session
+      // loaded: after a TPM reset the handle may hold someone else's object.
+      ESYS_TR tr = ESYS_TR_NONE;
+      if (Esys_TR_FromTPMPublic(esys_, o.handle, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &tr) != TSS2_RC_SUCCESS) continue;
+      bool same = !o.name.empty() && nameOf(tr) == o.name;
+      if (same) Esys_FlushContext(esys_, tr);
+      else Esys_TR_Close(esys_, &tr);
+    } else if (type == TPM2_HT_HMAC_SESSION || type == TPM2_HT_POLICY_SESSION) {
+      // A session has no name to compare; after a TPM reset none survives, and
+      // a resource manager gives each connection its own, so a stale handle
+      // only answers TPM_RC_HANDLE.
+      TSS2_SYS_CONTEXT* sys = nullptr;
+      if (Esys_GetSysContext(esys_, &sys) == TSS2_RC_SUCCESS && sys) Tss2_Sys_FlushContext(sys, o.handle);
+    }
+  }
+}
+
 void TpmSession::close() {
-  if (!esys_) return;
+  if (closed_) return;
+  closed_ = true;
+  if (!esys_ || broken_) {
+    // Nothing can be flushed over a broken connection: the TPM's reset, or
+    // the resource manager's cleanup of the closed connection, takes them.
+    release();
+    return;
+  }
   for (auto& [id, e] : aks_) {
+    if (e.tr == ESYS_TR_NONE) continue;
     if (e.persistent) Esys_TR_Close(esys_, &e.tr);
     else Esys_FlushContext(esys_, e.tr);
   }
@@ -463,16 +568,41 @@ Value TpmSession::readNv(uint32_t index) {
 
 // ---- AKs --------------------------------------------------------------------
 
-const TpmSession::AkEntry& TpmSession::ak(uint32_t id) const {
+TpmSession::AkEntry& TpmSession::ak(uint32_t id) {
   auto it = aks_.find(id);
   if (it == aks_.end())
     throw Failure(FailureKind::StaleHandle, "", 0, "the AK handle was flushed or does not belong to this device");
   return it->second;
 }
 
+// The entry's object on this connection: after a reconnect it is loaded again
+// from what loaded it first, and must come back with the same name.
+ESYS_TR TpmSession::loadedTr(uint32_t id) {
+  AkEntry& e = ak(id);
+  if (e.tr != ESYS_TR_NONE) return e.tr;
+  ESYS_TR tr;
+  if (e.persistent) {
+    TPMT_PUBLIC pub{};
+    tr = openPersistent(e.tpmHandle, e.shape, e.what, &pub);
+    TrGuard g(esys_, tr, TrGuard::Mode::Close);
+    if (nameOf(tr) != e.name)
+      throw Failure(FailureKind::Mismatch, "", 0,
+                    "the object at " + hex32(e.tpmHandle) + " is no longer the key that was loaded from there");
+    tr = g.release();
+  } else {
+    tr = loadBlobs(e.ek, e.publicArea, e.privateBlob, e.shape, e.what);
+    TrGuard g(esys_, tr, TrGuard::Mode::Flush, &orphans_);
+    if (nameOf(tr) != e.name)
+      throw Failure(FailureKind::Mismatch, "", 0, "the reloaded key has another name than the one first loaded");
+    tr = g.release();
+  }
+  e.tr = tr;
+  return tr;
+}
+
 uint32_t TpmSession::registerAk(AkEntry e) {
   uint32_t id = nextAkId_++;
-  aks_.emplace(id, e);
+  aks_.emplace(id, std::move(e));
   return id;
 }
 
@@ -518,9 +648,8 @@ Value TpmSession::loadAgentKey(EkKind ekKind, const Bytes& publicArea, const Byt
   return loadUnder(ekKind, publicArea, privateBlob, isAgentKeyShaped, "an unrestricted fixedTPM signing key (not an agent key)");
 }
 
-Value TpmSession::loadUnder(EkKind ekKind, const Bytes& publicArea, const Bytes& privateBlob,
-                            bool (*shape)(const TPMT_PUBLIC&), const char* what) {
-  requireOpen();
+ESYS_TR TpmSession::loadBlobs(EkKind ekKind, const Bytes& publicArea, const Bytes& privateBlob,
+                              bool (*shape)(const TPMT_PUBLIC&), const char* what) {
   TPM2B_PUBLIC in{};
   size_t off = 0;
   TSS2_RC rc = Tss2_MU_TPMT_PUBLIC_Unmarshal(publicArea.data(), publicArea.size(), &off, &in.publicArea);
@@ -536,9 +665,17 @@ Value TpmSession::loadUnder(EkKind ekKind, const Bytes& publicArea, const Bytes&
   EkAuth auth(*this, ekKind);
   ESYS_TR tr = ESYS_TR_NONE;
   check(Esys_Load(esys_, ek.tr(), auth.handle(), ESYS_TR_NONE, ESYS_TR_NONE, &priv, &in, &tr), "TPM2_Load");
-  TrGuard g(esys_, tr, TrGuard::Mode::Flush);
-  Bytes name = nameOf(tr);
-  uint32_t id = registerAk(AkEntry{g.release(), false, 0});
+  return tr;
+}
+
+Value TpmSession::loadUnder(EkKind ekKind, const Bytes& publicArea, const Bytes& privateBlob,
+                            bool (*shape)(const TPMT_PUBLIC&), const char* what) {
+  requireOpen();
+  TrGuard g(esys_, loadBlobs(ekKind, publicArea, privateBlob, shape, what), TrGuard::Mode::Flush, &orphans_);
+  Bytes name = nameOf(g.get());
+  AkEntry e{ESYS_TR_NONE, false, 0, ekKind, publicArea, privateBlob, shape, what, name};
+  e.tr = g.release();
+  uint32_t id = registerAk(std::move(e));
   return Value::object().set("id", Value::num(id)).set("name", Value::buf(std::move(name)));
 }
 
@@ -574,8 +711,9 @@ void TpmSession::persistAk(uint32_t id, uint32_t persistentHandle) {
   const AkEntry& e = ak(id);
   if (e.persistent)
     throw Failure(FailureKind::Argument, "", 0, "the AK is already persistent at " + hex32(e.tpmHandle));
+  ESYS_TR obj = loadedTr(id);
   ESYS_TR newTr = ESYS_TR_NONE;
-  check(Esys_EvictControl(esys_, ESYS_TR_RH_OWNER, e.tr, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+  check(Esys_EvictControl(esys_, ESYS_TR_RH_OWNER, obj, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
                           persistentHandle, &newTr),
         "TPM2_EvictControl");
   if (newTr != ESYS_TR_NONE) Esys_TR_Close(esys_, &newTr);
@@ -589,8 +727,8 @@ Value TpmSession::agentKeyFromPersistent(uint32_t persistentHandle) {
   return fromPersistent(persistentHandle, isAgentKeyShaped, "an unrestricted fixedTPM signing key (not an agent key)");
 }
 
-Value TpmSession::fromPersistent(uint32_t persistentHandle, bool (*shape)(const TPMT_PUBLIC&), const char* what) {
-  requireOpen();
+ESYS_TR TpmSession::openPersistent(uint32_t persistentHandle, bool (*shape)(const TPMT_PUBLIC&), const char* what,
+                                   TPMT_PUBLIC* pubOut) {
   if (!handlePresent(persistentHandle))
     throw Failure(FailureKind::Mismatch, "", 0, "no persistent object at " + hex32(persistentHandle));
   ESYS_TR tr = ESYS_TR_NONE;
@@ -607,9 +745,19 @@ Value TpmSession::fromPersistent(uint32_t persistentHandle, bool (*shape)(const 
   check(rc, "TPM2_ReadPublic");
   if (!shape(p->publicArea))
     throw Failure(FailureKind::Mismatch, "", 0, "the object at " + hex32(persistentHandle) + " is not " + what);
-  Bytes objName = nameOf(tr);
-  Bytes publicArea = marshalPublic(p->publicArea);
-  uint32_t id = registerAk(AkEntry{g.release(), true, persistentHandle});
+  *pubOut = p->publicArea;
+  return g.release();
+}
+
+Value TpmSession::fromPersistent(uint32_t persistentHandle, bool (*shape)(const TPMT_PUBLIC&), const char* what) {
+  requireOpen();
+  TPMT_PUBLIC pub{};
+  TrGuard g(esys_, openPersistent(persistentHandle, shape, what, &pub), TrGuard::Mode::Close);
+  Bytes objName = nameOf(g.get());
+  Bytes publicArea = marshalPublic(pub);
+  AkEntry e{ESYS_TR_NONE, true, persistentHandle, EkKind{}, {}, {}, shape, what, objName};
+  e.tr = g.release();
+  uint32_t id = registerAk(std::move(e));
   return Value::object()
       .set("id", Value::num(id))
       .set("name", Value::buf(std::move(objName)))
@@ -626,7 +774,7 @@ void TpmSession::evictPersistent(uint32_t persistentHandle) {
   // References to the object become stale: drop them first.
   for (auto it = aks_.begin(); it != aks_.end();) {
     if (it->second.persistent && it->second.tpmHandle == persistentHandle) {
-      Esys_TR_Close(esys_, &it->second.tr);
+      if (it->second.tr != ESYS_TR_NONE) Esys_TR_Close(esys_, &it->second.tr);
       it = aks_.erase(it);
     } else {
       ++it;
@@ -646,20 +794,26 @@ void TpmSession::evictPersistent(uint32_t persistentHandle) {
 
 void TpmSession::flushAk(uint32_t id) {
   requireOpen();
-  AkEntry e = ak(id);
+  ESYS_TR tr = ak(id).tr;
+  bool persistent = ak(id).persistent;
   aks_.erase(id);
-  if (e.persistent) {
-    Esys_TR_Close(esys_, &e.tr);
+  if (tr == ESYS_TR_NONE) return;  // not loaded on this connection (after a reconnect)
+  if (persistent) {
+    Esys_TR_Close(esys_, &tr);
     return;
   }
-  check(Esys_FlushContext(esys_, e.tr), "TPM2_FlushContext");
+  TPM2_HANDLE h = 0;
+  bool known = Esys_TR_GetTpmHandle(esys_, tr, &h) == TSS2_RC_SUCCESS;
+  TSS2_RC rc = Esys_FlushContext(esys_, tr);
+  if (rc != TSS2_RC_SUCCESS && known && isTransportFailure(rc)) orphans_.push_back(Orphan{h, {}});
+  check(rc, "TPM2_FlushContext");
 }
 
 // ---- quote, credential activation ----------------------------------------------
 
 Value TpmSession::quote(uint32_t id, const std::vector<PcrSel>& sels, const Bytes& nonce) {
   requireOpen();
-  const AkEntry& e = ak(id);
+  ESYS_TR akTr = loadedTr(id);
   TPM2B_DATA qd{};
   if (nonce.size() > sizeof qd.buffer) throw Failure(FailureKind::Argument, "", 0, "nonce too long");
   qd.size = static_cast<UINT16>(nonce.size());
@@ -669,7 +823,7 @@ Value TpmSession::quote(uint32_t id, const std::vector<PcrSel>& sels, const Byte
   TPML_PCR_SELECTION sel = toSelection(sels);
   TPM2B_ATTEST* quoted = nullptr;
   TPMT_SIGNATURE* sig = nullptr;
-  TSS2_RC rc = Esys_Quote(esys_, e.tr, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &qd, &scheme, &sel, &quoted, &sig);
+  TSS2_RC rc = Esys_Quote(esys_, akTr, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &qd, &scheme, &sel, &quoted, &sig);
   Owned<TPM2B_ATTEST> q(quoted);
   Owned<TPMT_SIGNATURE> s(sig);
   check(rc, "TPM2_Quote");
@@ -680,7 +834,7 @@ Value TpmSession::quote(uint32_t id, const std::vector<PcrSel>& sels, const Byte
 
 Value TpmSession::activateCredential(uint32_t id, EkKind ekKind, const Bytes& credentialBlob, const Bytes& secret) {
   requireOpen();
-  const AkEntry& e = ak(id);
+  ESYS_TR akTr = loadedTr(id);
   TPM2B_ID_OBJECT cred{};
   if (credentialBlob.empty() || credentialBlob.size() > sizeof cred.credential)
     throw Failure(FailureKind::Argument, "", 0, "credentialBlob has a bad size");
@@ -696,7 +850,7 @@ Value TpmSession::activateCredential(uint32_t id, EkKind ekKind, const Bytes& cr
   TPM2B_DIGEST* certInfo = nullptr;
   // activateHandle (the AK) is authorized in the ADMIN role: its empty password
   // (an AK has no adminWithPolicy); keyHandle (the EK) in the USER role.
-  TSS2_RC rc = Esys_ActivateCredential(esys_, e.tr, ek.tr(), ESYS_TR_PASSWORD, auth.handle(), ESYS_TR_NONE, &cred,
+  TSS2_RC rc = Esys_ActivateCredential(esys_, akTr, ek.tr(), ESYS_TR_PASSWORD, auth.handle(), ESYS_TR_NONE, &cred,
                                        &sec, &certInfo);
   Owned<TPM2B_DIGEST> ci(certInfo);
   check(rc, "TPM2_ActivateCredential");
@@ -705,8 +859,8 @@ Value TpmSession::activateCredential(uint32_t id, EkKind ekKind, const Bytes& cr
 
 Value TpmSession::certify(uint32_t objectId, uint32_t akId, const Bytes& nonce) {
   requireOpen();
-  const AkEntry& obj = ak(objectId);
-  const AkEntry& signer = ak(akId);
+  ESYS_TR objTr = loadedTr(objectId);
+  ESYS_TR signerTr = loadedTr(akId);
   TPM2B_DATA qd{};
   if (nonce.size() > sizeof qd.buffer) throw Failure(FailureKind::Argument, "", 0, "nonce too long");
   qd.size = static_cast<UINT16>(nonce.size());
@@ -717,7 +871,7 @@ Value TpmSession::certify(uint32_t objectId, uint32_t akId, const Bytes& nonce) 
   TPMT_SIGNATURE* sig = nullptr;
   // Both objects have empty passwords: the object in the ADMIN role (no
   // adminWithPolicy), the AK in the USER role.
-  TSS2_RC rc = Esys_Certify(esys_, obj.tr, signer.tr, ESYS_TR_PASSWORD, ESYS_TR_PASSWORD, ESYS_TR_NONE, &qd, &scheme,
+  TSS2_RC rc = Esys_Certify(esys_, objTr, signerTr, ESYS_TR_PASSWORD, ESYS_TR_PASSWORD, ESYS_TR_NONE, &qd, &scheme,
                             &certified, &sig);
   Owned<TPM2B_ATTEST> c(certified);
   Owned<TPMT_SIGNATURE> sg(sig);
@@ -729,7 +883,7 @@ Value TpmSession::certify(uint32_t objectId, uint32_t akId, const Bytes& nonce) 
 
 Value TpmSession::sign(uint32_t keyId, const Bytes& digest) {
   requireOpen();
-  const AkEntry& key = ak(keyId);
+  ESYS_TR keyTr = loadedTr(keyId);
   TPM2B_DIGEST d{};
   if (digest.empty() || digest.size() > sizeof d.buffer) throw Failure(FailureKind::Argument, "", 0, "digest has a bad size");
   d.size = static_cast<UINT16>(digest.size());
@@ -741,7 +895,7 @@ Value TpmSession::sign(uint32_t keyId, const Bytes& digest) {
   ticket.tag = TPM2_ST_HASHCHECK;
   ticket.hierarchy = TPM2_RH_NULL;
   TPMT_SIGNATURE* sig = nullptr;
-  TSS2_RC rc = Esys_Sign(esys_, key.tr, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &d, &scheme, &ticket, &sig);
+  TSS2_RC rc = Esys_Sign(esys_, keyTr, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &d, &scheme, &ticket, &sig);
   Owned<TPMT_SIGNATURE> sg(sig);
   check(rc, "TPM2_Sign");
   return Value::buf(marshalSignature(*sg));

@@ -17,6 +17,13 @@
 namespace keel {
 
 using Bytes = std::vector<uint8_t>;
+struct Failure;
+
+// A transient object or session left in the TPM by a connection that broke.
+struct Orphan {
+  TPM2_HANDLE handle;
+  Bytes name;  // objects: flushed only when the TPM's object at that handle has this name
+};
 
 struct PcrSel {
   TPMI_ALG_HASH alg;
@@ -36,6 +43,21 @@ class TpmSession {
   // Flushes every object and handle reference this session made, then
   // finalizes ESYS and the TCTI.
   void close();
+
+  // A failure on the way to the TPM (TCTI layer, or ESYS left in a state it
+  // cannot leave: "called in the wrong order", I/O error, truncated answer)
+  // marks the connection broken: the failure becomes a Connection failure,
+  // and every later call is refused without touching the TPM until
+  // reconnect() rebuilds the ESYS context on a new TCTI.
+  void noteFailure(Failure& f);
+  bool broken() const { return broken_; }
+  // Finalizes ESYS and the TCTI and opens them again (TPM2_Startup when the
+  // TPM was reset). Objects this session had loaded are flushed if the TPM
+  // still holds them (same handle and name), then reloaded lazily, on first
+  // use, from what loaded them (blobs under the EK, or the persistent handle),
+  // so their ids stay valid. Policy sessions a lost command left behind are
+  // flushed too. No-op on a healthy connection.
+  void reconnect();
 
   Value getRandom(uint32_t count);
   Value pcrRead(const std::vector<PcrSel>& sels);
@@ -62,10 +84,18 @@ class TpmSession {
   Value loadedHandles();
 
  private:
+  // A key this session holds for JavaScript, and how to get it again after a
+  // reconnect: from its blobs under the EK, or from its persistent handle.
   struct AkEntry {
-    ESYS_TR tr;
+    ESYS_TR tr;           // ESYS_TR_NONE: not loaded on this connection (reloaded on use)
     bool persistent;      // a reference to a persistent object: close, never flush
     uint32_t tpmHandle;   // the persistent handle, when persistent
+    EkKind ek;            // the parent EK, when loaded from blobs
+    Bytes publicArea;     // TPMT_PUBLIC of the blobs, when loaded from blobs
+    Bytes privateBlob;
+    bool (*shape)(const TPMT_PUBLIC&);
+    const char* what;
+    Bytes name;           // the name it had when first loaded: a reload must give the same
   };
   struct EkRef {
     ESYS_TR tr = ESYS_TR_NONE;
@@ -77,9 +107,17 @@ class TpmSession {
 
   void requireOpen() const;
   void release();
+  void finalize();
+  void open();
+  void flushOrphans();
+  ESYS_TR loadedTr(uint32_t id);
+  ESYS_TR loadBlobs(EkKind ek, const Bytes& publicArea, const Bytes& privateBlob, bool (*shape)(const TPMT_PUBLIC&),
+                    const char* what);
+  ESYS_TR openPersistent(uint32_t persistentHandle, bool (*shape)(const TPMT_PUBLIC&), const char* what,
+                         TPMT_PUBLIC* pubOut);
   bool handlePresent(TPM2_HANDLE h);
   EkRef acquireEk(EkKind kind);
-  const AkEntry& ak(uint32_t id) const;
+  AkEntry& ak(uint32_t id);
   uint32_t registerAk(AkEntry e);
   Bytes nameOf(ESYS_TR tr);
   Value loadUnder(EkKind ek, const Bytes& publicArea, const Bytes& privateBlob, bool (*shape)(const TPMT_PUBLIC&),
@@ -96,6 +134,10 @@ class TpmSession {
   bool ekProbed_[3] = {false, false, false};
   std::map<uint32_t, AkEntry> aks_;
   uint32_t nextAkId_ = 1;
+  bool broken_ = false;
+  bool closed_ = false;
+  // Handles whose flush failed because the connection broke: flushed after the reconnect.
+  std::vector<Orphan> orphans_;
 };
 
 }  // namespace keel

@@ -35,10 +35,14 @@ export interface NodeSessionOptions {
   readonly svid: AgentCredential;
   /** The server refused a connection's binding (superseded, not-active, …): the agent's credential is dead. */
   readonly onBindingRefused?: (e: NodeApiError) => void;
+  /** The server's certificate was refused (reason `server-certificate-clock`, `-untrusted`, `-identity`). */
+  readonly onServerCertificateRefused?: (e: NodeApiError) => void;
   /** Deadline of the unary calls (default 30 s). */
   readonly deadlineMs?: number;
   /** Keepalive ping interval on the channel (default 30 s). */
   readonly keepaliveMs?: number;
+  /** Clock skew tolerated when checking the server's certificate (ms). */
+  readonly clockToleranceMs?: number;
 }
 
 type GrpcClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
@@ -69,7 +73,7 @@ export class NodeSession implements NodeApi {
   }
 
   #connect(): GrpcClient {
-    const creds = new BoundChannelCredentials({ trustPem: this.#o.serverTrust, serverId: this.#serverId, credential: () => this.#svid });
+    const creds = new BoundChannelCredentials({ trustPem: this.#o.serverTrust, serverId: this.#serverId, credential: () => this.#svid, clockToleranceMs: this.#o.clockToleranceMs ?? 0 });
     this.#creds = creds;
     const Ctor = nodeApiClientConstructor();
     return new Ctor(this.#o.address, creds, {
@@ -100,7 +104,10 @@ export class NodeSession implements NodeApi {
       err = new NodeApiError(refusal.reason, grpc.status.UNAUTHENTICATED, refusal.detail);
       this.#o.onBindingRefused?.(err);
     }
-    if (err.reason === 'transport') this.#stale = true;
+    // The TPM could not sign the binding: a TPM fault, not an unreachable server.
+    err = this.#creds.localFailureOf(err);
+    if (err.reason.startsWith('server-certificate-')) this.#o.onServerCertificateRefused?.(err);
+    if (err.reason === 'transport' || err.reason === 'tpm' || err.reason.startsWith('server-certificate-')) this.#stale = true;
     return err;
   }
 
@@ -198,6 +205,25 @@ export class NodeSession implements NodeApi {
       }
       client.SignJwtSvid!(
         { entry_id: entryId, audience: [...audience] },
+        { deadline: Date.now() + (this.#o.deadlineMs ?? 30_000) },
+        (err: grpc.ServiceError | null, res: { token: string; expires_at: number }) =>
+          err ? reject(this.#failed(err)) : resolve({ token: res.token, expiresAt: new Date(Number(res.expires_at) * 1000) }),
+      );
+    });
+  }
+
+  /** SignWitSvid: a WIT-SVID of the entry for the workload public key (JWK JSON with alg). */
+  signWitSvid(entryId: string, publicKeyJwk: string): Promise<{ token: string; expiresAt: Date }> {
+    return new Promise((resolve, reject) => {
+      let client: GrpcClient;
+      try {
+        client = this.#channel();
+      } catch (e) {
+        reject(this.#failed(e));
+        return;
+      }
+      client.SignWitSvid!(
+        { entry_id: entryId, public_key_jwk: publicKeyJwk },
         { deadline: Date.now() + (this.#o.deadlineMs ?? 30_000) },
         (err: grpc.ServiceError | null, res: { token: string; expires_at: number }) =>
           err ? reject(this.#failed(err)) : resolve({ token: res.token, expiresAt: new Date(Number(res.expires_at) * 1000) }),

@@ -21,6 +21,8 @@ export interface NativeAkInfo {
 export interface NativeTpmDevice {
   connect(): Promise<void>;
   close(): Promise<void>;
+  /** Rebuilds ESYS and the TCTI after a broken connection; loaded keys reload on their next use. */
+  reconnect(): Promise<void>;
   getRandom(count: number): Promise<Buffer>;
   pcrRead(sel: NativePcrSel[]): Promise<{ alg: number; pcr: number; digest: Buffer }[]>;
   pcrExtend(pcr: number, digests: [alg: number, digest: Buffer][]): Promise<void>;

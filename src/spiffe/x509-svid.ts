@@ -82,9 +82,11 @@ function checkLeafProfile(p: CertificateProfile): SpiffeId {
   return id;
 }
 
-function checkValidity(p: CertificateProfile, now: Date, what: string): void {
-  if (now < p.notBefore) fail('not-yet-valid', `${what} is not valid before ${p.notBefore.toISOString()}`);
-  if (now > p.notAfter) fail('expired', `${what} expired at ${p.notAfter.toISOString()}`);
+function checkValidity(p: CertificateProfile, now: Date, what: string, toleranceMs = 0): void {
+  const t = now.getTime();
+  const tol = toleranceMs > 0 ? ` (with a clock tolerance of ${Math.round(toleranceMs / 1000)}s)` : '';
+  if (t < p.notBefore.getTime() - toleranceMs) fail('not-yet-valid', `${what} is not valid before ${p.notBefore.toISOString()}${tol}`);
+  if (t > p.notAfter.getTime() + toleranceMs) fail('expired', `${what} expired at ${p.notAfter.toISOString()}${tol}`);
 }
 
 /** What a certificate must be to sign another in the path (RFC 5280 §6.1.4, X509-SVID §3.2/§4.3). */
@@ -194,9 +196,14 @@ function toChain(chain: readonly X509Certificate[] | Uint8Array): X509Certificat
 export function verifyX509Svid(
   chain: readonly X509Certificate[] | Uint8Array,
   bundles: BundleSource,
-  opts: { now?: Date } = {},
+  opts: {
+    now?: Date;
+    /** Clock skew tolerated (ms): every certificate is accepted this long outside its validity period. */
+    clockToleranceMs?: number;
+  } = {},
 ): VerifiedX509Svid {
   const now = opts.now ?? new Date();
+  const tolerance = Math.max(0, opts.clockToleranceMs ?? 0);
   const certs = toChain(chain);
   const leaf = certs[0];
   if (!leaf) return fail('empty-chain', 'the chain is empty');
@@ -208,7 +215,7 @@ export function verifyX509Svid(
   if (!bundle || bundle.x509Authorities.length === 0) {
     fail('no-bundle-for-trust-domain', `no X.509 authorities for trust domain ${td.name}`);
   }
-  checkValidity(leafProfile, now, 'the leaf');
+  checkValidity(leafProfile, now, 'the leaf', tolerance);
 
   const intermediates = certs.slice(1);
   const roots = bundle.x509Authorities;
@@ -252,7 +259,7 @@ export function verifyX509Svid(
         if (isRoot) checkIssuerProfile(p, what);
         else intermediateProfile(p, what);
         if (!current.checkIssued(cand)) fail('no-issuer', `${what} does not issue the certificate below it (key identifiers or key usage)`);
-        checkValidity(p, now, what);
+        checkValidity(p, now, what, tolerance);
         // pathLenConstraint counts the non-self-issued intermediates below this CA (RFC 5280 §6.1.4 (l)/(m)).
         const below = path.slice(1).filter((c) => !isSelfIssued(c)).length;
         if (p.basicConstraints?.pathLen !== undefined && below > p.basicConstraints.pathLen) {

@@ -11,9 +11,20 @@
  * every path. An AK stays loaded from loadAk()/akFromPersistent() until
  * flush() or close(). swtpm (no resource manager) has 3 object slots, so hold
  * at most two AKs at once there.
+ *
+ * A broken connection (the TPM or the link to it went away: a TCTI failure,
+ * or ESYS left unable to continue) fails the call with TpmConnectionError
+ * (`lost: true`). The device then reopens it by itself on a later call: the
+ * ESYS context is finalized and built again on a new TCTI, with backoff
+ * between attempts (calls in between fail fast with `retryInMs`), and every
+ * attempt is reported to `onFault`. Keys loaded before (AkHandle,
+ * AgentKeyHandle) keep working: the addon remembers how each was loaded (its
+ * blobs under the EK, or its persistent handle), flushes the old copy if the
+ * TPM still holds it, and loads it again on its next use, refusing one that
+ * comes back with another name (TpmObjectError).
  */
 import { nativeAddon, type NativePcrSel, type NativeTpmDevice } from '../os/native-addon.js';
-import { fromNative, TpmArgumentError, TpmDeviceClosedError, TpmStaleHandleError } from './tpm-error.js';
+import { brokeConnection, fromNative, TpmArgumentError, TpmConnectionError, TpmDeviceClosedError, TpmStaleHandleError, type TpmDeviceError } from './tpm-error.js';
 
 export type PcrBank = 'sha1' | 'sha256' | 'sha384';
 /** The TCG default EKs: RSA-2048 (template L-1), ECC P-256 (L-2), ECC P-384 high range (H-3). */
@@ -94,6 +105,25 @@ export const MAX_RANDOM_BYTES = 65536;
 /** Largest quote nonce (qualifyingData): a digest of up to SHA-512 size. */
 export const MAX_NONCE_BYTES = 64;
 
+/** What a device reports about its connection; each is worth a warning, but 'reconnected'. */
+export interface TpmFaultEvent {
+  readonly event: 'connection-lost' | 'reconnect-failed' | 'reconnected';
+  readonly tcti: string;
+  /** Reconnection attempts since the connection was lost (0 for 'connection-lost'). */
+  readonly attempt: number;
+  /** What failed ('connection-lost', 'reconnect-failed'). */
+  readonly error?: TpmDeviceError;
+  /** Delay before the next reconnection attempt ('connection-lost', 'reconnect-failed'). */
+  readonly retryInMs?: number;
+}
+
+export interface TpmDeviceOptions {
+  /** Called on every loss of the connection, failed reconnection and reconnection. */
+  readonly onFault?: (e: TpmFaultEvent) => void;
+  /** Delays between reconnection attempts: from initialMs (default 250), doubling to maxMs (default 10 000). */
+  readonly reconnectBackoff?: { readonly initialMs?: number; readonly maxMs?: number };
+}
+
 interface AkState {
   readonly device: TpmDevice;
   readonly id: number;
@@ -140,11 +170,18 @@ function toNativeSelection(sel: readonly PcrSelection[]): NativePcrSel[] {
 export class TpmDevice {
   readonly #native: NativeTpmDevice;
   readonly #tcti: string;
+  readonly #o: TpmDeviceOptions;
   #closed = false;
+  /** The connection broke: the next call after #retryAt reconnects first. */
+  #broken = false;
+  #retryAt = 0;
+  #attempts = 0;
+  #reconnecting: Promise<void> | undefined;
 
-  private constructor(native: NativeTpmDevice, tcti: string) {
+  private constructor(native: NativeTpmDevice, tcti: string, o: TpmDeviceOptions) {
     this.#native = native;
     this.#tcti = tcti;
+    this.#o = o;
   }
 
   /**
@@ -152,7 +189,7 @@ export class TpmDevice {
    * `swtpm:host=127.0.0.1,port=2321`. Rejects with TpmConnectionError when no
    * TPM answers there.
    */
-  static async open(tcti: string): Promise<TpmDevice> {
+  static async open(tcti: string, options: TpmDeviceOptions = {}): Promise<TpmDevice> {
     if (typeof tcti !== 'string' || tcti.length === 0 || tcti.length > 4096 || tcti.includes('\0')) {
       throw new TpmArgumentError('TCTI must be a non-empty string such as "device:/dev/tpmrm0"');
     }
@@ -163,7 +200,7 @@ export class TpmDevice {
       await native.close().catch(() => undefined);
       throw fromNative(e);
     }
-    return new TpmDevice(native, tcti);
+    return new TpmDevice(native, tcti, options);
   }
 
   /** The TCTI configuration this device was opened with. */
@@ -175,13 +212,66 @@ export class TpmDevice {
     return this.#closed;
   }
 
+  /** Whether the connection is broken and not reopened yet. */
+  get connectionLost(): boolean {
+    return this.#broken;
+  }
+
   async #call<T>(fn: (n: NativeTpmDevice) => Promise<T>): Promise<T> {
     if (this.#closed) throw new TpmDeviceClosedError(`the TPM device on ${this.#tcti} is closed`);
+    if (this.#broken) await this.#reconnect();
     try {
       return await fn(this.#native);
     } catch (e) {
-      throw fromNative(e);
+      const err = fromNative(e);
+      if (brokeConnection(e) && !this.#broken && !this.#closed) {
+        this.#broken = true;
+        this.#attempts = 0;
+        this.#retryAt = Date.now();
+        this.#emit({ event: 'connection-lost', tcti: this.#tcti, attempt: 0, error: err, retryInMs: 0 });
+      }
+      throw err;
     }
+  }
+
+  #emit(e: TpmFaultEvent): void {
+    try {
+      this.#o.onFault?.(e);
+    } catch {
+      // a failing listener must not change what the TPM call returns
+    }
+  }
+
+  /** The delay after the n-th failed reconnection (1-based): initial, doubling, capped. */
+  #delay(n: number): number {
+    const initial = this.#o.reconnectBackoff?.initialMs ?? 250;
+    const max = Math.max(initial, this.#o.reconnectBackoff?.maxMs ?? 10_000);
+    return Math.min(max, initial * 2 ** Math.min(n - 1, 30));
+  }
+
+  /** One reconnection at a time; before #retryAt, calls fail fast instead of hammering the TCTI. */
+  #reconnect(): Promise<void> {
+    this.#reconnecting ??= (async () => {
+      const wait = this.#retryAt - Date.now();
+      if (wait > 0) {
+        throw new TpmConnectionError(this.#tcti, 0, `the connection to the TPM on ${this.#tcti} is lost; next reconnection attempt in ${wait} ms`, { lost: true, retryInMs: wait });
+      }
+      this.#attempts++;
+      try {
+        await this.#native.reconnect();
+      } catch (e) {
+        const err = fromNative(e);
+        if (err instanceof TpmDeviceClosedError) throw err;
+        const delay = this.#delay(this.#attempts);
+        this.#retryAt = Date.now() + delay;
+        this.#emit({ event: 'reconnect-failed', tcti: this.#tcti, attempt: this.#attempts, error: err, retryInMs: delay });
+        throw err instanceof TpmConnectionError ? new TpmConnectionError(err.tcti, err.rc, err.message, { lost: true, retryInMs: delay }) : err;
+      }
+      this.#broken = false;
+      this.#emit({ event: 'reconnected', tcti: this.#tcti, attempt: this.#attempts });
+      this.#attempts = 0;
+    })().finally(() => (this.#reconnecting = undefined));
+    return this.#reconnecting;
   }
 
   #akId(ak: AkHandle | AgentKeyHandle): number {

@@ -37,11 +37,20 @@ export class TpmConnectionError extends TpmDeviceError {
   readonly tcti: string;
   /** The TSS2_RC of the failing call, when there is one. */
   readonly rc: number;
+  /**
+   * The connection of an open device broke (the TPM went away, or ESYS lost
+   * track of it): the device reopens it on a later call, after backoff.
+   */
+  readonly lost: boolean;
+  /** How long until the device tries to reconnect, when it is waiting to. */
+  readonly retryInMs: number | undefined;
 
-  constructor(tcti: string, rc: number, message: string) {
+  constructor(tcti: string, rc: number, message: string, o: { lost?: boolean; retryInMs?: number } = {}) {
     super(message);
     this.tcti = tcti;
     this.rc = rc >>> 0;
+    this.lost = o.lost ?? false;
+    this.retryInMs = o.retryInMs;
   }
 }
 
@@ -73,6 +82,12 @@ interface NativeFailure {
   rc?: number;
   rcText?: string;
   tcti?: string;
+  broken?: boolean;
+}
+
+/** Whether a rejection of the addon left the device's connection broken. */
+export function brokeConnection(e: unknown): boolean {
+  return e instanceof Error && (e as Error & NativeFailure).broken === true;
 }
 
 /** Turns whatever the addon threw or rejected with into one of the typed errors above. */
@@ -86,7 +101,7 @@ export function fromNative(e: unknown): TpmDeviceError {
       out = f.rc ? new TpmError(f.command || 'TPM', f.rc, f.rcText ?? '') : new TpmDeviceError(f.message);
       break;
     case 'connection':
-      out = new TpmConnectionError(f.tcti ?? '', f.rc ?? 0, f.message);
+      out = new TpmConnectionError(f.tcti ?? '', f.rc ?? 0, f.message, { lost: f.broken === true });
       break;
     case 'closed':
       out = new TpmDeviceClosedError(f.message);

@@ -7,7 +7,7 @@ import { X509Certificate, createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { AgentKeyHandle, AkBlobs, AkHandle, AkKind, EkKind, PcrBank, TpmDevice } from '../../tpm/device.js';
 import { QuoteVerificationError, TPM_ALG, parseTpmtPublic, verifyQuote, type TpmlPcrSelection } from '../../tpm/index.js';
-import { bundleFromX509Der, verifyX509Svid } from '../../spiffe/index.js';
+import { bundleFromX509Der, verifyX509Svid, X509SvidError } from '../../spiffe/index.js';
 import { buildCsrWithSigner } from '../../spiffe/csr.js';
 import { tpmAgentKey, type AgentCredential, type AgentKey } from './credential.js';
 import { NodeApiClient, type Exchange, type WireAnswer, type WireAttestResult, type WireChallenge } from './node-api-client.js';
@@ -19,7 +19,12 @@ const QUOTE_ATTEMPTS = 3;
 const BANK_ALG: Readonly<Record<PcrBank, number>> = { sha1: TPM_ALG.SHA1, sha256: TPM_ALG.SHA256, sha384: TPM_ALG.SHA384 };
 
 export class AgentAttestationError extends Error {
-  override readonly name = 'AgentAttestationError';
+  override readonly name: string = 'AgentAttestationError';
+}
+
+/** What the server issued is outside its validity at this node's clock, beyond the tolerance. */
+export class AgentClockError extends AgentAttestationError {
+  override readonly name = 'AgentClockError';
 }
 
 export interface ServerConnection {
@@ -28,6 +33,8 @@ export interface ServerConnection {
   /** PEM: the bootstrap trust for the server's SVID (later, the trust bundle). */
   readonly serverCaBundle: string | Buffer;
   readonly trustDomain: string;
+  /** Clock skew tolerated when checking what the server issued: its TLS certificate, the agent SVID (ms, default 0). */
+  readonly clockToleranceMs?: number;
 }
 
 export interface AttestNodeOptions extends ServerConnection {
@@ -144,12 +151,20 @@ export async function quoteForChallenge(
 }
 
 /** Checks what the server returned: an SVID for our key that verifies against the bundle it sent. */
-function acceptResult(r: WireAttestResult, key: AgentKey, trustDomain: string, akBlobs: AkBlobs | undefined): AgentSvid {
+function acceptResult(r: WireAttestResult, key: AgentKey, trustDomain: string, akBlobs: AkBlobs | undefined, clockToleranceMs = 0): AgentSvid {
   const chain = r.svid_chain.map((d) => new X509Certificate(d));
   const leaf = chain[0];
   if (!leaf) throw new AgentAttestationError('the server returned no SVID');
   if (!leaf.publicKey.equals(key.publicKey)) throw new AgentAttestationError('the SVID does not certify the agent key');
-  const id = verifyX509Svid(chain, bundleFromX509Der(trustDomain, r.bundle)).id;
+  let id;
+  try {
+    id = verifyX509Svid(chain, bundleFromX509Der(trustDomain, r.bundle), { clockToleranceMs }).id;
+  } catch (e) {
+    if (e instanceof X509SvidError && (e.rule === 'not-yet-valid' || e.rule === 'expired')) {
+      throw new AgentClockError(`the agent SVID the server issued is not valid at this node's clock (${new Date().toISOString()}): ${e.message}; check the clock, or raise agent.clock_skew_tolerance`);
+    }
+    throw e;
+  }
   if (id.toString() !== r.spiffe_id) throw new AgentAttestationError(`the SVID names ${id.toString()}, the server said ${r.spiffe_id}`);
   return { spiffeId: r.spiffe_id, svidChain: r.svid_chain, bundle: r.bundle, expiresAt: new Date(r.expires_at * 1000), selectors: r.selectors, akBlobs };
 }
@@ -173,7 +188,7 @@ export async function attestNode(o: AttestNodeOptions): Promise<AgentSvid> {
   const csr = await agentCsr(key);
   const eventLog = await readEventLog(o.eventLogPath);
   const { handle: ak, public: akPublic } = await openAk(o.device, o.ekKind, { akBlobs, akPersistentHandle: o.akPersistentHandle });
-  const client = new NodeApiClient({ address: o.serverAddress, serverCaBundle: o.serverCaBundle, trustDomain: o.trustDomain });
+  const client = new NodeApiClient({ address: o.serverAddress, serverCaBundle: o.serverCaBundle, trustDomain: o.trustDomain, clockToleranceMs: o.clockToleranceMs ?? 0 });
   try {
     const result = await client.exchange(
       'Attest',
@@ -185,7 +200,7 @@ export async function attestNode(o: AttestNodeOptions): Promise<AgentSvid> {
         return { secret, ...quoted, event_log: eventLog ?? Buffer.alloc(0), agent_key_certify: certified.attest, agent_key_certify_signature: certified.signature };
       },
     );
-    return acceptResult(result, key, o.trustDomain, akBlobs);
+    return acceptResult(result, key, o.trustDomain, akBlobs, o.clockToleranceMs);
   } finally {
     client.close();
     await o.device.flush(ak);
@@ -198,7 +213,7 @@ export async function renewAgentSvid(o: RenewAgentSvidOptions): Promise<AgentSvi
   const csr = await agentCsr(key);
   const eventLog = await readEventLog(o.eventLogPath);
   const { handle: ak, public: akPublic } = await openAk(o.device, o.ekKind, o);
-  const client = o.exchange ? undefined : new NodeApiClient({ address: o.serverAddress, serverCaBundle: o.serverCaBundle, trustDomain: o.trustDomain, clientSvid: o.svid });
+  const client = o.exchange ? undefined : new NodeApiClient({ address: o.serverAddress, serverCaBundle: o.serverCaBundle, trustDomain: o.trustDomain, clientSvid: o.svid, clockToleranceMs: o.clockToleranceMs ?? 0 });
   const exchange: Exchange = o.exchange ?? ((m, p, a) => client!.exchange(m, p, a));
   try {
     const result = await exchange('RenewAgent', { ak_public: akPublic, csr, agent_key_public: o.agentKey.public }, async (challenge) => {
@@ -210,7 +225,7 @@ export async function renewAgentSvid(o: RenewAgentSvidOptions): Promise<AgentSvi
         agent_key_certify_signature: certified.signature,
       };
     });
-    return acceptResult(result, key, o.trustDomain, o.akBlobs);
+    return acceptResult(result, key, o.trustDomain, o.akBlobs, o.clockToleranceMs);
   } finally {
     client?.close();
     await o.device.flush(ak);

@@ -5,12 +5,24 @@
  * anonymous, or the agent SVID with a signature over this connection's TLS
  * exporter by the agent key. A refused binding fails the connection; the
  * reason is kept so that calls report it instead of "unavailable".
+ *
+ * The server's certificate is checked here, not by OpenSSL's chain check
+ * (which compares validity with this node's clock, exactly): the handshake
+ * itself still proves that the server holds the key of the certificate it
+ * sent (TLS 1.3 CertificateVerify), then the chain is verified as an
+ * X.509-SVID (src/spiffe verifyX509Svid: path to an authority of the trusted
+ * bundle, signatures, CA constraints, key usage) with the configured clock
+ * tolerance, and its SPIFFE ID must be the server's. Nothing is written to
+ * the connection before that check passes.
  */
-import { connect as tlsConnect, type PeerCertificate, type TLSSocket } from 'node:tls';
+import { X509Certificate } from 'node:crypto';
+import { connect as tlsConnect, type DetailedPeerCertificate, type TLSSocket } from 'node:tls';
 import type { Socket } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { bindingMessage, encodeBindingRequest, readBindingAnswer } from '../../proto/channel-binding.js';
+import { bundleFromX509Der, verifyX509Svid, X509SvidError } from '../../spiffe/index.js';
 import type { AgentCredential } from './credential.js';
+import { NodeApiError } from './node-api-client.js';
 
 export interface BoundCredentialsOptions {
   /** PEM certificates the server's SVID must chain to. */
@@ -20,6 +32,31 @@ export interface BoundCredentialsOptions {
   /** Absent: an anonymous connection (Attest only). */
   readonly credential?: () => AgentCredential;
   readonly timeoutMs?: number;
+  /** Clock skew tolerated when checking the server's certificate chain (ms, default 0). */
+  readonly clockToleranceMs?: number;
+  /** This node's clock (tests); Date.now by default. */
+  readonly now?: () => number;
+}
+
+export type ServerCertificateFailure =
+  /** Not valid at this node's clock, even with the tolerance: a clock problem. */
+  | 'clock'
+  /** No path to an authority this agent trusts: the server's CA is unknown here. */
+  | 'untrusted'
+  /** Not the server's SPIFFE ID, or not a well-formed X.509-SVID. */
+  | 'identity';
+
+/** The server's TLS certificate was refused. */
+export class ServerCertificateError extends Error {
+  override readonly name = 'ServerCertificateError';
+  constructor(
+    readonly reason: ServerCertificateFailure,
+    /** verifyX509Svid's reason, when it refused the chain. */
+    readonly svidReason: string | undefined,
+    detail: string,
+  ) {
+    super(`the server's certificate is refused (${reason}): ${detail}`);
+  }
 }
 
 /** The server refused the channel binding (its reason: superseded, not-active, unauthenticated, …). */
@@ -33,19 +70,81 @@ export class BindingRefusedError extends Error {
   }
 }
 
-function checkServerId(serverId: string, cert: PeerCertificate): Error | undefined {
-  const uris = (cert.subjectaltname ?? '').split(', ').filter((s) => s.startsWith('URI:')).map((s) => s.slice(4));
-  return uris.length === 1 && uris[0] === serverId ? undefined : new Error(`the server presented ${uris.join(', ') || 'no SPIFFE ID'}, not ${serverId}`);
+const CLOCK_REASONS: ReadonlySet<string> = new Set(['not-yet-valid', 'expired']);
+const UNTRUSTED_REASONS: ReadonlySet<string> = new Set(['no-issuer', 'bad-signature', 'no-bundle-for-trust-domain']);
+
+/** PEM text → the certificates in it (anything else between them is ignored). */
+export function pemCertificates(pem: string): X509Certificate[] {
+  return [...pem.matchAll(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g)].map((m) => new X509Certificate(m[0]));
+}
+
+/** The chain the server sent, leaf first (as OpenSSL links it). */
+function peerChain(t: TLSSocket): Buffer[] {
+  const out: Buffer[] = [];
+  let c: DetailedPeerCertificate | undefined = t.getPeerCertificate(true);
+  while (c?.raw && out.length < 10 && !out.some((r) => r.equals(c!.raw))) {
+    out.push(c.raw);
+    c = c.issuerCertificate;
+  }
+  return out;
+}
+
+/**
+ * Checks the server's chain as an X.509-SVID for `serverId` against the
+ * trusted PEM authorities, with a clock tolerance. Throws ServerCertificateError.
+ */
+export function verifyServerChain(chainDer: readonly Buffer[], trustPem: string, serverId: string, o: { clockToleranceMs?: number; now?: Date } = {}): void {
+  const td = /^spiffe:\/\/([^/]+)\//.exec(serverId)?.[1];
+  if (!td) throw new ServerCertificateError('identity', undefined, `${serverId} is not a SPIFFE ID`);
+  let chain: X509Certificate[];
+  let roots: X509Certificate[];
+  try {
+    chain = chainDer.map((d) => new X509Certificate(d));
+    roots = pemCertificates(trustPem);
+  } catch (e) {
+    throw new ServerCertificateError('identity', undefined, `unreadable certificate: ${(e as Error).message}`);
+  }
+  if (chain.length === 0) throw new ServerCertificateError('identity', undefined, 'the server sent no certificate');
+  let id: string;
+  try {
+    const bundle = bundleFromX509Der(td, Buffer.concat(roots.map((r) => r.raw)));
+    id = verifyX509Svid(chain, bundle, { ...(o.now ? { now: o.now } : {}), clockToleranceMs: o.clockToleranceMs ?? 0 }).id.toString();
+  } catch (e) {
+    if (e instanceof X509SvidError) {
+      const reason: ServerCertificateFailure = CLOCK_REASONS.has(e.rule) ? 'clock' : UNTRUSTED_REASONS.has(e.rule) ? 'untrusted' : 'identity';
+      throw new ServerCertificateError(reason, e.rule, e.message);
+    }
+    throw new ServerCertificateError('untrusted', undefined, (e as Error).message);
+  }
+  if (id !== serverId) throw new ServerCertificateError('identity', undefined, `the server presented ${id}, not ${serverId}`);
 }
 
 export class BoundChannelCredentials extends grpc.ChannelCredentials {
   readonly #o: BoundCredentialsOptions;
   /** The last refusal of a binding, cleared by the next bound connection. */
   lastRefusal: BindingRefusedError | undefined;
+  /**
+   * The last failure on this side of a connection (the TPM could not sign the
+   * binding), cleared by the next bound connection: grpc-js reports it only
+   * as UNAVAILABLE, which would read as "server unreachable".
+   */
+  lastLocalFailure: Error | undefined;
+  /** The last refusal of the server's certificate, cleared by the next bound connection. */
+  lastServerCertificateFailure: ServerCertificateError | undefined;
 
   constructor(o: BoundCredentialsOptions) {
     super();
     this.#o = o;
+  }
+
+  /** `err` (a transport failure) as what it was when our own side failed: reason `tpm`. */
+  localFailureOf(err: NodeApiError): NodeApiError {
+    if (err.reason !== 'transport') return err;
+    const cert = this.lastServerCertificateFailure;
+    if (cert) return new NodeApiError(`server-certificate-${cert.reason}`, grpc.status.UNAVAILABLE, cert.message);
+    const local = this.lastLocalFailure;
+    if (!local) return err;
+    return new NodeApiError('tpm', grpc.status.UNAVAILABLE, `the TPM could not sign the channel binding (${local.name}): ${local.message}`);
   }
 
   override _isSecure(): boolean {
@@ -71,14 +170,26 @@ export class BoundChannelCredentials extends grpc.ChannelCredentials {
       const t: TLSSocket = tlsConnect(
         {
           socket,
-          ca: this.#o.trustPem(),
+          // The chain is verified below, with the clock tolerance (see the header).
+          rejectUnauthorized: false,
           // SNI must be a host name (RFC 6066); the server is checked by its SPIFFE ID.
           servername: 'keel-server',
           ALPNProtocols: ['h2'],
           minVersion: 'TLSv1.3',
-          checkServerIdentity: (_h, cert) => checkServerId(this.#o.serverId, cert),
         },
-        () => resolve(t),
+        () => {
+          try {
+            const now = this.#o.now ? new Date(this.#o.now()) : undefined;
+            verifyServerChain(peerChain(t), this.#o.trustPem(), this.#o.serverId, { clockToleranceMs: this.#o.clockToleranceMs ?? 0, ...(now ? { now } : {}) });
+          } catch (e) {
+            if (e instanceof ServerCertificateError) this.lastServerCertificateFailure = e;
+            t.destroy();
+            reject(e);
+            return;
+          }
+          this.lastServerCertificateFailure = undefined;
+          resolve(t);
+        },
       );
       t.once('error', reject);
       t.setTimeout(timeoutMs, () => t.destroy(new Error(`TLS handshake with the server took over ${timeoutMs} ms`)));
@@ -86,8 +197,17 @@ export class BoundChannelCredentials extends grpc.ChannelCredentials {
     tls.setTimeout(0);
     try {
       const cred = this.#o.credential?.();
-      const frame = cred
-        ? encodeBindingRequest({ kind: 'agent', chain: cred.chain, signature: await cred.sign(bindingMessage(tls)) })
+      let signature: Buffer | undefined;
+      if (cred) {
+        try {
+          signature = await cred.sign(bindingMessage(tls));
+        } catch (e) {
+          this.lastLocalFailure = e instanceof Error ? e : new Error(String(e));
+          throw e;
+        }
+      }
+      const frame = cred && signature
+        ? encodeBindingRequest({ kind: 'agent', chain: cred.chain, signature })
         : encodeBindingRequest({ kind: 'anonymous' });
       const answerP = readBindingAnswer(tls, timeoutMs);
       // The write must be complete before HTTP/2 takes the socket (see bound-listener.ts).
@@ -98,6 +218,7 @@ export class BoundChannelCredentials extends grpc.ChannelCredentials {
         throw this.lastRefusal;
       }
       this.lastRefusal = undefined;
+      this.lastLocalFailure = undefined;
       return { socket: tls, secure: true };
     } catch (e) {
       tls.destroy();

@@ -6,6 +6,7 @@ export {
   type CheckNodeOptions,
   quoteForChallenge,
   AgentAttestationError,
+  AgentClockError,
   MAX_EVENT_LOG_BYTES,
   type AttestNodeOptions,
   type RenewAgentSvidOptions,
@@ -14,7 +15,7 @@ export {
 } from './attest.js';
 export { buildCsr, CsrKeyError } from '../../spiffe/csr.js';
 export { tpmAgentKey, softwareAgentKey, credentialOf, type AgentCredential, type AgentKey } from './credential.js';
-export { BoundChannelCredentials, BindingRefusedError } from './bound-credentials.js';
+export { BoundChannelCredentials, BindingRefusedError, ServerCertificateError, verifyServerChain, pemCertificates, type ServerCertificateFailure } from './bound-credentials.js';
 export {
   NodeApiClient,
   NodeApiError,

@@ -52,6 +52,8 @@ export interface NodeApiClientOptions {
   /** Per-call deadline (default 30 s). */
   readonly deadlineMs?: number;
   readonly maxMessageBytes?: number;
+  /** Clock skew tolerated when checking the server's certificate (ms). */
+  readonly clockToleranceMs?: number;
 }
 
 export type ExchangeMethod = 'Attest' | 'RenewAgent' | 'Check';
@@ -72,6 +74,7 @@ export class NodeApiClient {
       trustPem: () => trust,
       serverId: `spiffe://${o.trustDomain}/keel/server`,
       ...(svid ? { credential: () => svid } : {}),
+      clockToleranceMs: o.clockToleranceMs ?? 0,
     });
     const Ctor = nodeApiClientConstructor();
     this.#client = new Ctor(o.address, this.#creds, {
@@ -88,7 +91,7 @@ export class NodeApiClient {
     const err = NodeApiError.from(e);
     const refusal = this.#creds.lastRefusal;
     if (err.reason === 'transport' && refusal) return new NodeApiError(refusal.reason, grpc.status.UNAUTHENTICATED, refusal.detail);
-    return err;
+    return this.#creds.localFailureOf(err);
   }
 
   #deadline(): grpc.CallOptions {
@@ -134,6 +137,18 @@ export class NodeApiClient {
     });
   }
 
+  /** SignWitSvid: a WIT-SVID of the entry binding `publicKeyJwk` (JWK JSON with alg). */
+  signWitSvid(entryId: string, publicKeyJwk: string): Promise<{ token: string; expiresAt: Date }> {
+    return new Promise((resolve, reject) => {
+      this.#client.SignWitSvid!(
+        { entry_id: entryId, public_key_jwk: publicKeyJwk },
+        this.#deadline(),
+        (err: grpc.ServiceError | null, res: { token: string; expires_at: number }) =>
+          err ? reject(this.#error(err)) : resolve({ token: res.token, expiresAt: new Date(Number(res.expires_at) * 1000) }),
+      );
+    });
+  }
+
   close(): void {
     this.#client.close();
   }
@@ -155,19 +170,21 @@ export function runExchange(
   return new Promise((resolve, reject) => {
     const call = (client as GrpcClient)[method]!(new grpc.Metadata(), options) as grpc.ClientDuplexStream<unknown, { step?: string; challenge?: WireChallenge; result?: WireAttestResult }>;
     let settled = false;
-    const finish = (err: unknown, result?: WireAttestResult): void => {
+    const finish = (err: unknown, result?: WireAttestResult, local = false): void => {
       if (settled) return;
       settled = true;
       if (err) {
         call.cancel();
-        reject(mapError(err));
+        // A failure of our own answer (the TPM, the event log) is reported as
+        // itself, not as a failed call to the server.
+        reject(local ? err : mapError(err));
       } else resolve(result!);
     };
     call.on('data', (msg) => {
       if (msg.step === 'challenge' && msg.challenge) {
         answer(msg.challenge).then(
           (a) => call.write({ challenge_response: a }),
-          (e) => finish(e),
+          (e) => finish(e, undefined, true),
         );
       } else if (msg.step === 'result' && msg.result) {
         finish(null, msg.result);

@@ -6,14 +6,20 @@
  * decides how: renewal while the SVID is valid, full attestation after.
  */
 import type { Logger } from '../../log/index.js';
+import { TpmDeviceError } from '../../tpm/tpm-error.js';
 import { NodeApiError } from '../attestation/index.js';
 import { Backoff, formatDelay, type BackoffOptions } from './backoff.js';
 import { renewalTime } from './schedule.js';
 
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
-/** The server's reason for a gRPC failure; the error's name for anything else (a TPM fault, a bad answer). */
-function failureOf(e: unknown): { reason: string; detail: string } {
+/**
+ * The server's reason for a gRPC failure; `tpm` for a fault of the node's TPM
+ * (it reopens its connection by itself); the error's name for anything else
+ * (a bad answer).
+ */
+export function failureOf(e: unknown): { reason: string; detail: string } {
+  if (e instanceof TpmDeviceError) return { reason: 'tpm', detail: `${e.name}: ${e.message}` };
   if (e instanceof NodeApiError) return e;
   if (typeof (e as { code?: unknown })?.code === 'number' && (e as { metadata?: unknown }).metadata) return NodeApiError.from(e);
   const err = e as Error;
@@ -119,6 +125,12 @@ export class AgentSvidRotator {
       const fields = { reason: err.reason, detail: err.detail, expiresAt: before.expiresAt, attempt: this.#backoff.attempts };
       if (err.reason === 'transport') {
         this.#o.logger.warn(`server unreachable, retrying agent SVID renewal in ${formatDelay(delay)}`, fields);
+      } else if (err.reason === 'tpm') {
+        // Every TPM failure is a warning: the TPM is expected back (the device reconnects by itself).
+        this.#o.logger.warn(
+          `the TPM failed during agent SVID ${valid ? 'renewal' : 'attestation'}, retrying in ${formatDelay(delay)}${valid ? '' : '; serving no identities'}`,
+          fields,
+        );
       } else if (this.#lastFailure !== err.reason) {
         this.#o.logger.error(
           valid
