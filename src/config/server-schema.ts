@@ -4,6 +4,7 @@
  */
 import { join } from 'node:path';
 import { z } from 'zod';
+import { normalizeJwtIssuer, normalizeOidcDomain } from '../spiffe/oidc.js';
 import { configPath, duration, hostPort, logLevel, secretSource, sha256Hex, shown, size, trustDomain } from './values.js';
 
 /** The CA must outlive every SVID it signs several times over (SPIFFE servers' rotation rule). */
@@ -125,16 +126,19 @@ const jwtSchema = z.strictObject({
   key_type: keyType.default('ec-p256'),
   // Lifetime of a JWT signing key; by default the CA TTL.
   key_ttl: duration().optional(),
+  // iss of every JWT-SVID, and the issuer OIDC discovery names (compared byte for byte by relying parties).
   issuer: z
     .string()
-    .refine((v) => {
-      try {
-        const u = new URL(v);
-        return u.protocol === 'https:' && !u.search && !u.hash;
-      } catch {
-        return false;
-      }
-    }, 'expected an https URL without query or fragment')
+    .refine(
+      (v) => normalizeJwtIssuer(v) !== undefined,
+      'expected an https URL without userinfo, query or fragment, host in lowercase and no :443 (as relying parties compare it)',
+    )
+    .optional(),
+  // Host names OIDC discovery answers for, as SPIRE's OIDC provider `domains`: a request whose Host is
+  // listed gets https://<name> as issuer (or `issuer`, when set); any other Host gets 404.
+  oidc_domains: z
+    .array(z.string().refine((v) => normalizeOidcDomain(v) !== undefined, 'expected a lowercase DNS name, optionally with a port other than 443'))
+    .refine((d) => new Set(d).size === d.length, 'domains must not repeat')
     .optional(),
 });
 

@@ -21,7 +21,7 @@ export type JwtSvidAlgorithm = (typeof JWT_SVID_ALGORITHMS)[number];
 const ALLOWED_HEADER = new Set(['alg', 'kid', 'typ']);
 const EC_CURVE: Partial<Record<JwtSvidAlgorithm, string>> = { ES256: 'prime256v1', ES384: 'secp384r1', ES512: 'secp521r1' };
 const EC_SIG_BYTES: Partial<Record<JwtSvidAlgorithm, number>> = { ES256: 64, ES384: 96, ES512: 132 };
-const RESERVED_CLAIMS = new Set(['sub', 'aud', 'exp', 'iat']);
+const RESERVED_CLAIMS = new Set(['sub', 'aud', 'exp', 'iat', 'iss']);
 /** Far above any real JWT-SVID; stops decoding of megabyte garbage early. */
 const MAX_TOKEN_CHARS = 64 * 1024;
 const B64URL = /^[A-Za-z0-9_-]*$/;
@@ -43,7 +43,12 @@ export interface MintJwtSvidInput {
   aud: readonly string[];
   expiresAt: Date;
   issuedAt?: Date;
-  /** Added to the claims; may not replace sub, aud, exp or iat. */
+  /**
+   * The `iss` claim: the issuer OIDC relying parties check against the
+   * discovery document (server.jwt.issuer). Absent: no `iss`, as JWT-SVID allows.
+   */
+  issuer?: string;
+  /** Added to the claims; may not replace sub, aud, exp, iat or iss. */
   extraClaims?: Readonly<Record<string, unknown>>;
 }
 
@@ -52,7 +57,7 @@ function secondsOf(d: Date, what: string): number {
   return Math.floor(d.getTime() / 1000);
 }
 
-/** Mints a JWT-SVID: header {alg, kid, typ: JWT}, claims sub/aud/exp/iat (+ extras), signed by `signer`. */
+/** Mints a JWT-SVID: header {alg, kid, typ: JWT}, claims iss (when given)/sub/aud/exp/iat (+ extras), signed by `signer`. */
 export async function mintJwtSvid(input: MintJwtSvidInput): Promise<string> {
   const { signer, sub, aud } = input;
   if (!(sub instanceof SpiffeId)) fail('bad-mint-input', 'sub must be a SpiffeId');
@@ -68,10 +73,14 @@ export async function mintJwtSvid(input: MintJwtSvidInput): Promise<string> {
   for (const k of Object.keys(input.extraClaims ?? {})) {
     if (RESERVED_CLAIMS.has(k)) fail('bad-mint-input', `extraClaims may not set "${k}"`);
   }
+  const iss = input.issuer;
+  if (iss !== undefined && (typeof iss !== 'string' || iss.length === 0 || iss.length > 2048)) {
+    fail('bad-mint-input', 'issuer must be a non-empty string of at most 2048 characters');
+  }
 
   const header = { alg, kid: signer.keyId, typ: 'JWT' };
   // go-jose writes a single audience as a string; consumers accept both forms.
-  const claims = { sub: sub.toString(), aud: aud.length === 1 ? aud[0] : [...aud], exp, iat, ...input.extraClaims };
+  const claims = { ...(iss !== undefined ? { iss } : {}), sub: sub.toString(), aud: aud.length === 1 ? aud[0] : [...aud], exp, iat, ...input.extraClaims };
   let payloadJson: string;
   try {
     payloadJson = JSON.stringify(claims);

@@ -61,13 +61,19 @@ describe('SPIFFE bundle endpoint (https_web)', () => {
 
 describe('OIDC discovery', () => {
   it('publishes a discovery document whose JWKS jose uses to verify a JWT-SVID', async () => {
-    const d = await get('/.well-known/openid-configuration');
+    // Discovery comes from configuration only (see oidc-discovery.test.ts for the Host header).
+    const local = await startTestApi({ bundles, tls: pki.server, extra: { jwtIssuer: 'https://oidc.example.org' } });
+    let d;
+    try {
+      d = await tcpRequest({ port: local.port, path: '/.well-known/openid-configuration', ca: pki.webRoot.cert });
+    } finally {
+      await local.stop();
+    }
     expect(d.status).toBe(200);
     const doc = d.json();
-    const origin = `https://127.0.0.1:${api.port}`;
     expect(doc).toEqual({
-      issuer: origin,
-      jwks_uri: `${origin}/keys`,
+      issuer: 'https://oidc.example.org',
+      jwks_uri: 'https://oidc.example.org/keys',
       response_types_supported: ['id_token'],
       subject_types_supported: ['public'],
       id_token_signing_alg_values_supported: ['ES256', 'ES384'],
@@ -81,7 +87,8 @@ describe('OIDC discovery', () => {
     ]);
     expect(keys.every((k: Record<string, unknown>) => k.d === undefined && k.x5c === undefined)).toBe(true);
 
-    const jwks = createRemoteJWKSet(new URL(doc.jwks_uri), { [customFetch]: httpsFetch(pki.webRoot.cert) });
+    // oidc.example.org does not resolve here; the same JWKS is served on the listener.
+    const jwks = createRemoteJWKSet(new URL(`https://127.0.0.1:${api.port}/keys`), { [customFetch]: httpsFetch(pki.webRoot.cert) });
     for (const s of [signer, signer384]) {
       const { payload, protectedHeader } = await jwtVerify(await mint(s), jwks, { audience: 'api.example.org' });
       expect(payload.sub).toBe('spiffe://example.org/app/web');
@@ -91,6 +98,12 @@ describe('OIDC discovery', () => {
     const stranger = memorySigner('jwt-key-1');
     await expect(jwtVerify(await mint(stranger), jwks, { audience: 'api.example.org' })).rejects.toBeInstanceOf(joseErrors.JWSSignatureVerificationFailed);
     await expect(jwtVerify(await mint(signer, ['other']), jwks, { audience: 'api.example.org' })).rejects.toBeInstanceOf(joseErrors.JWTClaimValidationFailed);
+  });
+
+  it('is not served without an issuer or domains configured', async () => {
+    const r = await get('/.well-known/openid-configuration');
+    expect(r.status).toBe(404);
+    expect(r.json().detail).toMatch(/server\.jwt\.issuer/);
   });
 
   it('uses the configured issuer', async () => {

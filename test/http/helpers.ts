@@ -134,6 +134,8 @@ export async function startTestApi(o: {
   tls?: Pem;
   plaintext?: boolean;
   extra?: Partial<HttpApiOptions>;
+  /** Public listener port; default 0 (any free one). */
+  port?: number;
 }): Promise<RunningApi> {
   const dir = mkdtempSync(join(tmpdir(), 'keel-http-'));
   const store = SqliteDatastore.open({ path: join(dir, 'keel.db') });
@@ -147,7 +149,7 @@ export async function startTestApi(o: {
     logger: silentLogger,
     ...o.extra,
     listen: {
-      public: { host: '127.0.0.1', port: 0, ...(o.tls ? { tls: o.tls } : {}), ...(o.plaintext ? { allowPlaintext: true } : {}) },
+      public: { host: '127.0.0.1', port: o.port ?? 0, ...(o.tls ? { tls: o.tls } : {}), ...(o.plaintext ? { allowPlaintext: true } : {}) },
       adminSocket: socket,
     },
   });

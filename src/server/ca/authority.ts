@@ -17,6 +17,8 @@ import { algorithmForKeyType, type CaKeyHandle, type CaKeyStore, type CaKeyType 
 import type { AuthorityState, CaJournal, CaJournalState } from './journal.js';
 import { DEFAULT_SCHEDULE, deferredActivation, nextRotationStep, type AuthoritySlot, type PublicationRules, type RotationSchedule } from './rotation.js';
 import { mintJwtSvid } from '../../spiffe/jwt-svid.js';
+import { checkCnfJwk, mintWitSvid, WitSvidError } from '../../spiffe/wit-svid.js';
+import { normalizeJwtIssuer } from '../../spiffe/oidc.js';
 
 export interface UpstreamAuthority {
   /** DER: the upstream certificate whose key `signer` holds first, then its intermediates (root optional). */
@@ -47,6 +49,8 @@ export interface CertificateAuthorityOptions {
     readonly keyType?: CaKeyType;
     readonly keyTtlSeconds: number;
     readonly svidMaxTtlSeconds: number;
+    /** `iss` of every JWT-SVID (server.jwt.issuer): an https URL without query or fragment. Absent: no `iss`. */
+    readonly issuer?: string;
   };
   readonly schedule?: Partial<RotationSchedule>;
   /**
@@ -109,6 +113,24 @@ export interface IssuedJwtSvid {
   readonly keyLabel: string;
 }
 
+export interface WitSvidRequest {
+  readonly spiffeId: SpiffeId | string;
+  /** The workload's public key as a JWK with `alg` (it becomes cnf.jwk). */
+  readonly publicKeyJwk: unknown;
+  readonly ttlSeconds: number;
+}
+
+export interface IssuedWitSvid {
+  readonly token: string;
+  readonly spiffeId: string;
+  /** The WIT key ID (`wit-<JWT kid>`). */
+  readonly kid: string;
+  readonly jti: string;
+  readonly issuedAt: Date;
+  readonly expiresAt: Date;
+  readonly keyLabel: string;
+}
+
 export interface AuthorityStatus {
   readonly kind: 'x509' | 'jwt';
   readonly index: number;
@@ -149,6 +171,12 @@ interface JwtSlot extends Slot {
 }
 
 const MAX_DNS_NAMES = 32;
+function jwtIssuerOf(v: unknown): string {
+  const issuer = normalizeJwtIssuer(v);
+  if (issuer === undefined) throw new CaConfigError('jwt.issuer', 'must be an https URL without userinfo, query or fragment');
+  return issuer;
+}
+
 function positiveInt(path: string, v: unknown): number {
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) throw new CaConfigError(path, 'must be a positive integer');
   return v;
@@ -185,6 +213,7 @@ export class CertificateAuthority {
   private readonly x509MaxTtlMs: number;
   private readonly jwtKeyTtlMs: number;
   private readonly jwtMaxTtlMs: number;
+  private readonly jwtIssuer: string | undefined;
   private readonly upstream: { readonly signer: Signer; readonly cert: CaCertificateInfo; readonly chainTail: readonly Buffer[]; readonly anchors: readonly X509Certificate[] } | undefined;
   private readonly onError: (err: unknown) => void;
   private readonly onWarning: NonNullable<CertificateAuthorityOptions['onWarning']>;
@@ -240,6 +269,7 @@ export class CertificateAuthority {
     this.x509MaxTtlMs = positiveInt('x509.svidMaxTtlSeconds', o.x509.svidMaxTtlSeconds) * 1000;
     this.jwtKeyTtlMs = positiveInt('jwt.keyTtlSeconds', o.jwt.keyTtlSeconds) * 1000;
     this.jwtMaxTtlMs = positiveInt('jwt.svidMaxTtlSeconds', o.jwt.svidMaxTtlSeconds) * 1000;
+    this.jwtIssuer = o.jwt.issuer === undefined ? undefined : jwtIssuerOf(o.jwt.issuer);
     // Six times the longest SVID (or more with a later activation): an SVID signed just
     // before activation of the next key must still fit inside the old key's lifetime.
     const factor = Math.max(6, 1 / schedule.activateAt);
@@ -587,10 +617,38 @@ export class CertificateAuthority {
     const issuedAt = floorSecond(now);
     const expiresAt = Math.min(floorSecond(now + ttlMs), slot.notAfterMs);
     const durable = CertificateAuthority.settled(this.noteIssued(slot, expiresAt, this.jwtMaxTtlMs));
-    const token = await mintJwtSvid({ signer: slot.signer, sub: id, aud: audience, expiresAt: new Date(expiresAt), issuedAt: new Date(issuedAt) });
+    const token = await mintJwtSvid({ signer: slot.signer, sub: id, aud: audience, expiresAt: new Date(expiresAt), issuedAt: new Date(issuedAt), ...(this.jwtIssuer !== undefined ? { issuer: this.jwtIssuer } : {}) });
     const failed = durable && (await durable);
     if (failed) throw failed;
     return { token, spiffeId: id.toString(), audience: [...audience], kid: slot.kid, issuedAt: new Date(issuedAt), expiresAt: new Date(expiresAt), keyLabel: slot.label };
+  }
+
+  /**
+   * Mints a WIT-SVID for the workload key `publicKeyJwk` with the active JWT
+   * key (its own kid, `wit-<kid>`); `exp` clamped as for JWT-SVIDs.
+   */
+  async mintWitSvid(r: WitSvidRequest): Promise<IssuedWitSvid> {
+    this.checkOpen();
+    const id = this.leafId(r.spiffeId, 'spiffeId');
+    const ttlMs = this.ttlMs(r.ttlSeconds, this.jwtMaxTtlMs, 'ttlSeconds');
+    // The workload key is checked before anything is journalled or signed.
+    let cnf;
+    try {
+      cnf = checkCnfJwk(r.publicKeyJwk).jwk;
+    } catch (e) {
+      if (e instanceof WitSvidError) throw new CaIssueError('publicKeyJwk', e.message);
+      throw e;
+    }
+    const slot = this.activeJwt;
+    const now = this.now();
+    if (!slot || slot.notAfterMs <= now) throw new CaStateError('no active JWT key (rotation has not run or the key expired)');
+    const issuedAt = floorSecond(now);
+    const expiresAt = Math.min(floorSecond(now + ttlMs), slot.notAfterMs);
+    const durable = CertificateAuthority.settled(this.noteIssued(slot, expiresAt, this.jwtMaxTtlMs));
+    const minted = await mintWitSvid({ signer: slot.signer, sub: id, cnfJwk: cnf, expiresAt: new Date(expiresAt), issuedAt: new Date(issuedAt) });
+    const failed = durable && (await durable);
+    if (failed) throw failed;
+    return { token: minted.token, spiffeId: id.toString(), kid: minted.kid, jti: minted.jti, issuedAt: new Date(issuedAt), expiresAt: new Date(expiresAt), keyLabel: slot.label };
   }
 
   // ---- bundle --------------------------------------------------------------

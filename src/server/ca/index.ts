@@ -6,6 +6,8 @@ export type {
   IssuedX509Svid,
   JwtSvidRequest,
   IssuedJwtSvid,
+  WitSvidRequest,
+  IssuedWitSvid,
   AuthorityStatus,
 } from './authority.js';
 export { parseCsr, isParsedCsr, MAX_CSR_BYTES, subjectKeyIdOf } from './csr.js';

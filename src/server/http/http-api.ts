@@ -15,6 +15,7 @@ import { registerAdminRoutes } from './admin-routes.js';
 import { prepareAdminSocket, restrictAdminSocket } from './admin-socket.js';
 import type { BundleProvider, CaKeyStatus } from './bundle-provider.js';
 import { createKeelMetrics, type KeelMetrics } from './metrics.js';
+import { OidcConfigError, oidcIssuerResolver } from './oidc.js';
 import { PROBLEM_CONTENT_TYPE, ProblemError, problemFromError, problemFromFastifyError } from './problem.js';
 import { registerFederationRoutes, registerHealthRoutes, registerMetricsRoute } from './public-routes.js';
 
@@ -26,8 +27,14 @@ export interface HttpApiOptions {
   readonly logger: Logger;
   /** Shared with the Node API, which counts attestations and SVIDs; created when absent. */
   readonly metrics?: KeelMetrics;
-  /** `iss` of JWT-SVIDs (server.jwt.issuer); OIDC discovery derives it from the request otherwise. */
+  /** `iss` of JWT-SVIDs (server.jwt.issuer), an https URL: OIDC discovery names it. */
   readonly jwtIssuer?: string;
+  /**
+   * Host names OIDC discovery answers for (server.jwt.oidc_domains): a request whose
+   * Host is on the list gets `https://<name>` as issuer (or jwtIssuer when set), any
+   * other a 404. With neither this nor jwtIssuer, discovery is not served.
+   */
+  readonly oidcDomains?: readonly string[];
   /** Path of the SPIFFE bundle endpoint; default `/bundle`. */
   readonly bundlePath?: string;
   /** spiffe_refresh_hint of the bundle endpoint, seconds; default 300. */
@@ -156,16 +163,12 @@ export function createHttpApi(o: HttpApiOptions): HttpApi {
   }
   const refreshHint = o.bundleRefreshHintSeconds ?? 300;
   if (!Number.isSafeInteger(refreshHint) || refreshHint < 1) throw new HttpApiConfigError('bundleRefreshHintSeconds must be a positive whole number');
-  if (o.jwtIssuer !== undefined) {
-    let url: URL | undefined;
-    try {
-      url = new URL(o.jwtIssuer);
-    } catch {
-      url = undefined;
-    }
-    if (!url || (url.protocol !== 'https:' && url.protocol !== 'http:') || url.search || url.hash) {
-      throw new HttpApiConfigError(`jwtIssuer ${JSON.stringify(o.jwtIssuer)} must be an http(s) URL without query or fragment`);
-    }
+  let oidcIssuer: ReturnType<typeof oidcIssuerResolver>;
+  try {
+    oidcIssuer = oidcIssuerResolver({ ...(o.jwtIssuer !== undefined ? { issuer: o.jwtIssuer } : {}), ...(o.oidcDomains ? { domains: o.oidcDomains } : {}) });
+  } catch (e) {
+    if (e instanceof OidcConfigError) throw new HttpApiConfigError(e.message);
+    throw e;
   }
   const metrics = o.metrics ?? createKeelMetrics();
   const rawBodies = new WeakMap<FastifyRequest, string>();
@@ -186,7 +189,7 @@ export function createHttpApi(o: HttpApiOptions): HttpApi {
 
   registerHealthRoutes(pub, health);
   registerMetricsRoute(pub, metrics.registry);
-  registerFederationRoutes(pub, { bundles: o.bundles, bundlePath, refreshHintSeconds: refreshHint, ...(o.jwtIssuer !== undefined ? { jwtIssuer: o.jwtIssuer } : {}) });
+  registerFederationRoutes(pub, { bundles: o.bundles, bundlePath, refreshHintSeconds: refreshHint, ...(oidcIssuer ? { oidcIssuer } : {}) });
   const svid = svidAuthenticator({ trustDomain: o.trustDomain, store: o.store, bundles: o.bundles, ...(o.adminIds ? { adminIds: o.adminIds } : {}), ...(o.now ? { now: o.now } : {}) });
   void pub.register(async (scope) => registerAdminRoutes(scope, adminDeps(svid)), { prefix: '/v1' });
 
