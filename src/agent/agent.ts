@@ -27,8 +27,9 @@ import { auditLog, type Logger } from '../log/index.js';
 import { parseDerCertificates } from '../spiffe/index.js';
 import type { TrustDomain } from '../spiffe/id.js';
 import { TpmDevice, type AgentKeyHandle, type AkBlobs } from '../tpm/device.js';
-import { TpmObjectError } from '../tpm/tpm-error.js';
-import { attestNode, checkNode, NodeApiError, renewAgentSvid, tpmAgentKey, type AgentKey, type AgentSvid } from './attestation/index.js';
+import { TpmConnectionError, TpmDeviceError, TpmError, TpmObjectError } from '../tpm/tpm-error.js';
+import { X509SvidError } from '../spiffe/index.js';
+import { AgentAttestationError, AgentClockError, attestNode, checkNode, NodeApiError, renewAgentSvid, tpmAgentKey, type AgentKey, type AgentSvid } from './attestation/index.js';
 import { AgentSvidRotator, Backoff, formatDelay, SvidManager, type AgentIdentity, type BackoffOptions } from './manager/index.js';
 import { NodeSession } from './node-client.js';
 import { startWorkloadApiServer, svidKeyGenerator, workloadAuditEvent, type WorkloadApiServer, type WorkloadAuditEvent } from './workload/index.js';
@@ -235,10 +236,43 @@ export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
   const bundleFile = join(config.data_dir, 'bundle.json');
   let ownBundlePem = await readCachedBundlePem(bundleFile, td, log);
   const serverTrust = (): string => bootstrapPem + ownBundlePem;
+  const clockToleranceMs = config.clock_skew_tolerance * 1000;
+  /**
+   * The server's certificate chains to no authority this agent trusts (it
+   * missed a CA rotation): read the bootstrap bundle file again, which an
+   * operator may have replaced with the current bundle. Nothing the server
+   * sends is trusted for this (docs/agent.md, "Trust after a missed CA rotation").
+   */
+  const rereadBootstrap = async (detail: string): Promise<void> => {
+    let fresh: string;
+    try {
+      fresh = await readFile(config.server.bundle, 'utf8');
+      if (!fresh.includes('-----BEGIN CERTIFICATE-----')) throw new Error('no PEM certificate in it');
+    } catch (e) {
+      log.error(`the server's CA is not one this agent trusts, and server.bundle cannot be read again: ${(e as Error).message}`, { file: config.server.bundle, detail });
+      return;
+    }
+    if (fresh !== bootstrapPem) {
+      bootstrapPem = fresh;
+      log.warn("the server's CA is not one this agent trusts (a CA rotation it missed?): server.bundle changed on disk, trusting the new bootstrap bundle", { file: config.server.bundle, detail });
+    } else {
+      log.error(
+        "the server's CA is not one this agent trusts (a CA rotation it missed?): neither the cached bundle nor server.bundle has it; put the server's current bundle (keel bundle show) in server.bundle, the agent retries with it",
+        { file: config.server.bundle, detail },
+      );
+    }
+  };
   const eventLogPath = config.tpm.event_log ?? DEFAULT_EVENT_LOG;
   const ekKind = config.tpm.ek_kind;
 
-  const device = await TpmDevice.open(config.tpm.tcti);
+  const tpmLog = log.child({ component: 'tpm' });
+  const device = await TpmDevice.open(config.tpm.tcti, {
+    onFault: (f) => {
+      if (f.event === 'reconnected') tpmLog.info('the TPM connection is back; keys reload on use', { tcti: f.tcti, attempts: f.attempt });
+      else if (f.event === 'connection-lost') tpmLog.warn('lost the connection to the TPM; reconnecting', { tcti: f.tcti, err: f.error });
+      else tpmLog.warn(`the TPM is still unreachable, next attempt in ${formatDelay(f.retryInMs ?? 0)}`, { tcti: f.tcti, attempt: f.attempt, err: f.error });
+    },
+  });
   let session: NodeSession | undefined;
   let manager: SvidManager | undefined;
   let rotator: AgentSvidRotator | undefined;
@@ -253,11 +287,13 @@ export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
     const agentKey = tpmAgentKey(device, agentKeyHandle);
     const keyHandle = agentKeyHandle;
     const attest = async (): Promise<AgentIdentity> => {
-      const svid = await attestNode({ device, ekKind, ...akRef, agentKey: keyHandle, eventLogPath, serverAddress, serverCaBundle: serverTrust(), trustDomain: td.name });
+      const svid = await attestNode({ device, ekKind, ...akRef, agentKey: keyHandle, eventLogPath, serverAddress, serverCaBundle: serverTrust(), trustDomain: td.name, clockToleranceMs });
       return identityOf(svid, agentKey);
     };
 
-    // Attestation at start-up: retried while the server cannot be reached, fatal when refused.
+    // Attestation at start-up: retried with backoff whatever went wrong on
+    // the way (server, TPM, clock, a refusal), each with its own log line;
+    // only a fault no retry can mend (bad TPM objects, local files) is fatal.
     const backoff = new Backoff(o.tuning?.backoff);
     let identity: AgentIdentity;
     for (;;) {
@@ -265,15 +301,30 @@ export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
         identity = await attest();
         break;
       } catch (e) {
-        if (!(e instanceof NodeApiError) || e.reason !== 'transport') throw e;
+        const why = startupFailure(e);
+        if (!why) throw e;
         const delay = backoff.next();
-        log.warn(`server unreachable, retrying attestation in ${formatDelay(delay)}`, { detail: e.detail, attempt: backoff.attempts });
+        const fields = { reason: why.reason, detail: why.detail, attempt: backoff.attempts };
+        if (why.reason === 'server-certificate-untrusted') await rereadBootstrap(why.detail);
+        if (why.level === 'error') log.error(`${why.message}, retrying attestation in ${formatDelay(delay)}`, fields);
+        else log.warn(`${why.message}, retrying attestation in ${formatDelay(delay)}`, fields);
         await sleep(delay, o.signal);
       }
     }
     log.info('node attested', { spiffeId: identity.spiffeId, expiresAt: identity.expiresAt });
 
-    session = new NodeSession({ address: serverAddress, trustDomain: td.name, serverTrust, svid: identity, ...(o.tuning?.keepaliveMs ? { keepaliveMs: o.tuning.keepaliveMs } : {}) });
+    session = new NodeSession({
+      address: serverAddress,
+      trustDomain: td.name,
+      serverTrust,
+      svid: identity,
+      clockToleranceMs,
+      onServerCertificateRefused: (e) => {
+        if (e.reason === 'server-certificate-untrusted') void rereadBootstrap(e.detail);
+        else log.warn(`the server's certificate is refused (${e.reason})`, { reason: e.reason, detail: e.detail });
+      },
+      ...(o.tuning?.keepaliveMs ? { keepaliveMs: o.tuning.keepaliveMs } : {}),
+    });
     const saveBundle = (b: BundleSnapshot): void => {
       ownBundlePem = derBundleToPem(b.own.x509Der);
       const doc: CachedBundle = { trust_domain: td.name, x509_der: b.own.x509Der.toString('base64'), jwks: b.own.jwks.toString('utf8') };
@@ -323,6 +374,7 @@ export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
           serverAddress,
           serverCaBundle: serverTrust(),
           trustDomain: td.name,
+          clockToleranceMs,
         });
         return identityOf(svid, agentKey);
       },
@@ -401,6 +453,23 @@ export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
   };
 }
 
+/** Why a start-up attestation failed, if another attempt may succeed; undefined when it cannot. */
+function startupFailure(e: unknown): { reason: string; detail: string; message: string; level: 'warn' | 'error' } | undefined {
+  if (e instanceof NodeApiError) {
+    if (e.reason === 'transport') return { reason: e.reason, detail: e.detail, message: 'server unreachable', level: 'warn' };
+    if (e.reason === 'tpm') return { reason: e.reason, detail: e.detail, message: 'the TPM failed', level: 'warn' };
+    if (e.reason === 'server-certificate-clock') {
+      return { reason: e.reason, detail: e.detail, message: "the server's certificate is not valid at this node's clock: check the clock, or raise agent.clock_skew_tolerance", level: 'error' };
+    }
+    if (e.reason === 'server-certificate-untrusted') return { reason: e.reason, detail: e.detail, message: "the server's certificate chains to no CA this agent trusts", level: 'error' };
+    return { reason: e.reason, detail: e.detail, message: `attestation refused by the server (${e.reason})`, level: 'error' };
+  }
+  if (e instanceof TpmConnectionError || e instanceof TpmError) return { reason: 'tpm', detail: `${e.name}: ${e.message}`, message: 'the TPM failed', level: 'warn' };
+  if (e instanceof AgentClockError) return { reason: 'clock', detail: e.message, message: "what the server issued is not valid at this node's clock", level: 'error' };
+  if (e instanceof AgentAttestationError || e instanceof X509SvidError) return { reason: 'bad-result', detail: e.message, message: 'the server returned an SVID the agent refuses', level: 'error' };
+  return undefined;
+}
+
 /** Refusals of a continuous attestation that mean the node no longer holds its identity. */
 const LOST_ON_CHECK: ReadonlySet<string> = new Set(['policy', 'eventlog-replay', 'pcr-digest', 'clock-rollback', 'not-active', 'superseded', 'banned', 'unknown-node', 'ak-changed']);
 
@@ -425,6 +494,11 @@ function startContinuousAttestation(o: {
     try {
       last = (await o.check(last)).eventLogSha256;
     } catch (e) {
+      if (e instanceof TpmDeviceError) {
+        // The node's TPM, not the server: the device reconnects by itself.
+        o.log.warn(`continuous attestation failed: the TPM failed (${e.name}); trying again in ${formatDelay(o.intervalMs)}`, { reason: 'tpm', detail: e.message });
+        return;
+      }
       const err = NodeApiError.from(e);
       if (LOST_ON_CHECK.has(err.reason)) {
         last = undefined;

@@ -12,6 +12,7 @@ const commands: Record<string, () => Promise<Command>> = {
   'agent api fetch jwt': async () => (await import('./agent/index.js')).fetchJwtCommand(),
   'agent api validate jwt': async () => (await import('./agent/index.js')).validateJwtCommand(),
   'agent api watch': async () => (await import('./agent/index.js')).watchCommand(),
+  'agent api write': async () => (await import('./agent/index.js')).writeCommand(),
   'agent healthcheck': async () => (await import('./agent/index.js')).agentHealthcheckCommand(),
   'server run': async () => (await import('./server-run.js')).serverRun,
   'server migrate-store': async () => (await import('./migrate-store.js')).migrateStore,

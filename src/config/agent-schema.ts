@@ -43,6 +43,14 @@ const agentSection = z.strictObject({
   }),
   data_dir: configPath(),
   log_level: logLevel(),
+  /**
+   * How far this node's clock may be off the server's: server-issued
+   * certificates (the server's TLS certificate, the agent SVID) are accepted
+   * this long before their notBefore and after their notAfter (seconds).
+   */
+  clock_skew_tolerance: duration()
+    .pipe(z.number().max(3600, 'must be at most 1h: a larger skew needs a fixed clock, not a tolerance'))
+    .default(60),
   /** Seconds between continuous attestations (a fresh quote on the server connection); 0 turns them off. */
   attestation_interval: z.number().int().min(0).max(86_400).default(30),
   tpm: z

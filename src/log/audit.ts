@@ -17,7 +17,8 @@ export type AuditEvent =
   | { event: 'node.connection_closed'; agentId: string; reason: string; peer: string }
   | { event: 'svid.x509_issued'; spiffeId: string; entryId: string; agentId: string; serial: string; notAfter: string; keyId?: string }
   | { event: 'svid.jwt_issued'; spiffeId: string; entryId: string; agentId: string; audience: string[]; notAfter: string; keyId?: string }
-  | { event: 'svid.refused'; agentId: string; entryId: string; reason: string }
+  | { event: 'svid.wit_issued'; spiffeId: string; entryId: string; agentId: string; jti: string; cnfThumbprint: string; notAfter: string; keyId?: string }
+  | { event: 'svid.refused'; agentId: string; entryId: string; reason: string; svid?: 'wit' }
   | { event: 'workload.issued'; rpc: string; spiffeIds: string[]; pid?: number; uid?: number; gid?: number }
   | { event: 'workload.refused'; rpc: string; code: string; reason: string; pid?: number; uid?: number; gid?: number; selectors?: string[] }
   | { event: 'admin.change'; actor: string; action: string; target: string; detail?: Record<string, unknown> }

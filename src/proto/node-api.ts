@@ -81,6 +81,11 @@ export interface WireSignJwtSvidRequest {
   entry_id: string;
   audience: string[];
 }
+export interface WireSignWitSvidRequest {
+  entry_id: string;
+  /** JWK JSON of the workload's public key, with alg. */
+  public_key_jwk: string;
+}
 
 /** The trailer that carries a refusal's reason code (`policy`, `nonce-expired`, …). */
 export const REASON_METADATA_KEY = 'keel-reason';

@@ -159,7 +159,13 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
         ...(config.ca.subject.organization ? { organization: config.ca.subject.organization } : {}),
         ...(config.ca.upstream ? { upstream: await upstreamOf(config.ca.upstream, hsm) } : {}),
       },
-      jwt: { keyType: config.jwt.key_type, keyTtlSeconds: config.jwt.key_ttl ?? config.ca.ttl, svidMaxTtlSeconds: config.svid.default_jwt_ttl },
+      jwt: {
+        keyType: config.jwt.key_type,
+        keyTtlSeconds: config.jwt.key_ttl ?? config.ca.ttl,
+        svidMaxTtlSeconds: config.svid.default_jwt_ttl,
+        // The iss of every JWT-SVID, the same string OIDC discovery names.
+        ...(config.jwt.issuer ? { issuer: config.jwt.issuer } : {}),
+      },
       // Agents up to the tolerance behind must not see not-yet-valid certificates.
       backdateSeconds: config.clock_skew_tolerance,
       ...(config.ca.min_publish !== undefined ? { minPublishSeconds: config.ca.min_publish } : {}),
@@ -214,6 +220,7 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
       logger: logger.child({ component: 'http' }),
       metrics,
       ...(config.jwt.issuer ? { jwtIssuer: config.jwt.issuer } : {}),
+      ...(config.jwt.oidc_domains ? { oidcDomains: config.jwt.oidc_domains } : {}),
       adminIds: config.admin_ids,
       caReady: () => ca.ready(),
       hsmReady: () => ca.canSign(),

@@ -309,7 +309,8 @@ describe('a process under an unregistered uid', () => {
       async () => {
         const r = await other!.ask('x509');
         if (r.ok) granted = r;
-        else expect(r).toMatchObject({ code: grpc.status.PERMISSION_DENIED });
+        // PermissionDenied until the entry reaches the agent, then Unavailable while its SVID is signed.
+        else expect([grpc.status.PERMISSION_DENIED, grpc.status.UNAVAILABLE]).toContain(r.code);
         return r.ok;
       },
       15_000,
@@ -520,4 +521,97 @@ describe('mTLS between two workloads with the SVIDs the agent served', () => {
       await new Promise<void>((res) => srv.close(() => res()));
     }
   });
+});
+
+describe('make-before-break on an open FetchX509SVID stream', () => {
+  it("an entry's DNS names, then its TTL updated on the server: every message carries its SVID; the serial changes once per update, to an SVID that certifies it", async () => {
+    const stable = (await server.store.listEntries({ spiffeId: td.child('/stable') })).items[0]!;
+    const stableLeaf = (m: X509SvidResponse): X509Certificate | undefined => {
+      const s = m.svids.find((x) => x.spiffe_id === `${OWN}/stable`);
+      return s ? parseDerCertificates(s.x509_svid)[0] : undefined;
+    };
+    const r = new StreamReader<X509SvidResponse>(client.FetchX509SVID({}, header()));
+    const messages: X509SvidResponse[] = [];
+    const readUntil = async (cond: (leaf: X509Certificate) => boolean, what: string): Promise<X509Certificate> => {
+      const m = await nextMatching(
+        r,
+        (x) => {
+          messages.push(x);
+          const leaf = stableLeaf(x);
+          return leaf !== undefined && cond(leaf);
+        },
+        20_000,
+        what,
+      );
+      return stableLeaf(m)!;
+    };
+    try {
+      const m0 = await r.next();
+      messages.push(m0);
+      const s0 = stableLeaf(m0)!;
+      expect(s0.subjectAltName).not.toContain('DNS:');
+
+      await server.store.updateEntry(stable.id, { dnsNames: ['stable.example.org'] });
+      const s1 = await readUntil((l) => (l.subjectAltName ?? '').includes('DNS:stable.example.org'), 'the SVID with the new DNS name');
+      await server.store.updateEntry(stable.id, { x509SvidTtl: 1800 });
+      // The old TTL is 600 s: an SVID valid for more than 1,200 s from now is the new one.
+      const s2 = await readUntil((l) => new Date(l.validTo).getTime() - Date.now() > 1_200_000, 'the SVID with the new TTL');
+      expect(s2.subjectAltName).toContain('DNS:stable.example.org');
+
+      // No message lacked either SVID while the entry was changing.
+      for (const m of messages) expect(m.svids.map((s) => s.spiffe_id).sort()).toEqual([`${OWN}/federating`, `${OWN}/stable`]);
+      const runs = messages.map((m) => stableLeaf(m)!.serialNumber).filter((x, i, all) => i === 0 || all[i - 1] !== x);
+      expect(runs).toEqual([s0.serialNumber, s1.serialNumber, s2.serialNumber]);
+      expect(verifyX509Svid(parseDerCertificates(Buffer.concat([s2.raw])), server.ca.bundle()).id.toString()).toBe(`${OWN}/stable`);
+    } finally {
+      r.cancel();
+    }
+  }, 60_000);
+});
+
+// Last: it stops and restarts the server.
+describe('a server outage under a burst of FetchJWTSVID for audiences not cached', () => {
+  it('answers are only OK or UNAVAILABLE, never PermissionDenied, and after the restart every one succeeds', async () => {
+    let n = 0;
+    const codes: number[] = [];
+    const burst = async (size: number): Promise<number[]> => {
+      const got = await Promise.all(
+        Array.from({ length: size }, () =>
+          unary(client, 'FetchJWTSVID', { audience: [`outage-${n++}`] }, header(), { deadline: Date.now() + 3000 }).then(
+            () => grpc.status.OK,
+            (e: grpc.ServiceError) => e.code,
+          ),
+        ),
+      );
+      codes.push(...got);
+      return got;
+    };
+    expect(await burst(5)).toEqual(Array(5).fill(grpc.status.OK));
+
+    const mark = logLines.length;
+    await server.stop();
+    await until(
+      () => logLines.slice(mark).some((l) => typeof l.msg === 'string' && l.msg.startsWith('server unreachable, retrying in')),
+      15_000,
+      'the agent to see the server gone',
+    );
+    const during = [...(await burst(40)), ...(await burst(40))];
+    expect(during).toContain(grpc.status.UNAVAILABLE);
+    // The cached X.509-SVIDs are still served meanwhile.
+    const r = new StreamReader<X509SvidResponse>(client.FetchX509SVID({}, header()));
+    expect((await r.next()).svids.map((s) => s.spiffe_id).sort()).toEqual([`${OWN}/federating`, `${OWN}/stable`]);
+    r.cancel();
+
+    await server.start();
+    // Bursts keep coming through the restart and the agent's reconnection, until one is answered in full.
+    await until(async () => (await burst(40)).every((c) => c === grpc.status.OK), 45_000, 'a burst answered in full after the restart');
+    // And the agent is in sync again (its entries stream reopened), not only minting.
+    await until(() => logLines.slice(mark).some((l) => l.msg === 'reconnected to the server'), 30_000, 'the agent to re-sync');
+    const names = [...new Set(codes.map((c) => grpc.status[c]))].sort();
+    expect(names.filter((c) => c !== 'OK' && c !== 'UNAVAILABLE')).toEqual([]);
+    expect(codes.filter((c) => c === grpc.status.PERMISSION_DENIED)).toHaveLength(0);
+    const refusals = logLines.slice(mark).filter((l) => l.event === 'workload.refused' && l.uid === UID);
+    expect(refusals.every((l) => l.code === 'UNAVAILABLE')).toBe(true);
+    expect(await burst(40)).toEqual(Array(40).fill(grpc.status.OK));
+  }, 120_000);
 });

@@ -10,7 +10,7 @@ import type { NodeApi, SyncHandlers } from '../../src/agent/manager/index.js';
 import { signerFromPrivateKey } from '../../src/server/ca/index.js';
 import { TrustBundle, jwtBundleJson, mintJwtSvid } from '../../src/spiffe/index.js';
 import { SpiffeId } from '../../src/spiffe/id.js';
-import { makeCa, signCsr, type TestCa } from './pki.js';
+import { makeCa, signCsr, signCsrValidity, type TestCa } from './pki.js';
 
 export const TD = 'example.org';
 
@@ -37,6 +37,16 @@ export class FakeNode implements NodeApi {
   revision = 1;
   down = false;
   jwtTtlMs = 300_000;
+  /** X.509-SVID life from the (possibly fake) clock's now; undefined: one day from the real clock (openssl -days 1). */
+  x509TtlMs: number | undefined;
+  /**
+   * A server-side fault of SignX509Svids (e.g. the HSM's PIN changed):
+   * 'error' answers UNAVAILABLE at once; 'hang' answers nothing and fails
+   * after 30 s, as the agent's gRPC deadline would end the call.
+   */
+  x509Fault: 'error' | 'hang' | undefined;
+  /** SignX509Svids calls made (failed ones included). */
+  x509Calls = 0;
   /** Entry IDs the server refuses to sign (error `not-authorized`). */
   readonly refuse = new Set<string>();
   readonly signBatches: string[][] = [];
@@ -89,17 +99,28 @@ export class FakeNode implements NodeApi {
   }
 
   async signX509Svids(requests: readonly { entryId: string; csr: Buffer }[]): Promise<WireX509SvidResult[]> {
+    this.x509Calls++;
     if (this.down) throw new NodeApiError('transport', grpc.status.UNAVAILABLE, 'connection refused');
+    if (this.x509Fault === 'error') throw new NodeApiError('ca-unavailable', grpc.status.UNAVAILABLE, 'the CA cannot sign: HSM login failed');
+    if (this.x509Fault === 'hang') {
+      await new Promise((r) => setTimeout(r, 30_000));
+      throw new NodeApiError('transport', grpc.status.DEADLINE_EXCEEDED, 'deadline exceeded');
+    }
     this.signBatches.push(requests.map((r) => r.entryId));
     return requests.map((r) => {
       const e = this.entries.find((x) => x.id === r.entryId);
       if (!e || this.refuse.has(r.entryId)) return { entry_id: r.entryId, cert_chain: [], expires_at: 0, error: 'not-authorized' };
-      const leaf = signCsr(this.ca, r.csr, e.spiffe_id);
+      const now = Math.floor(Date.now() / 1000) * 1000;
+      const leaf = this.x509TtlMs === undefined ? signCsr(this.ca, r.csr, e.spiffe_id) : signCsrValidity(this.ca, r.csr, e.spiffe_id, new Date(now), new Date(now + this.x509TtlMs));
       return { entry_id: r.entryId, cert_chain: [leaf], expires_at: Math.floor(new Date(new X509Certificate(leaf).validTo).getTime() / 1000), error: '' };
     });
   }
 
+  /** SignJwtSvid calls made (failed ones included). */
+  jwtCalls = 0;
+
   async signJwtSvid(entryId: string, audience: readonly string[]): Promise<{ token: string; expiresAt: Date }> {
+    this.jwtCalls++;
     if (this.down) throw new NodeApiError('transport', grpc.status.UNAVAILABLE, 'connection refused');
     const e = this.entries.find((x) => x.id === entryId);
     if (!e) throw new NodeApiError('not-authorized', grpc.status.PERMISSION_DENIED, 'no such entry');

@@ -55,3 +55,53 @@ export function signCsr(ca: TestCa, csrDer: Buffer, spiffeId: string): Buffer {
     return new X509Certificate(pem).raw;
   });
 }
+
+const asn1Time = (d: Date): string => d.toISOString().replace(/[-:T]/g, '').replace(/\.\d{3}Z$/, 'Z'); // YYYYMMDDHHMMSSZ
+
+/**
+ * Signs a DER CSR into an X.509-SVID for `spiffeId` valid exactly from
+ * `notBefore` to `notAfter` (second precision; `openssl ca`, which takes
+ * explicit dates, where `openssl x509 -req` takes whole days only).
+ */
+export function signCsrValidity(ca: TestCa, csrDer: Buffer, spiffeId: string, notBefore: Date, notAfter: Date): Buffer {
+  return withTmp((dir) => {
+    writeFileSync(join(dir, 'csr.der'), csrDer);
+    writeFileSync(join(dir, 'ca.key'), ca.keyPem);
+    writeFileSync(join(dir, 'ca.pem'), new X509Certificate(ca.certDer).toString());
+    writeFileSync(join(dir, 'index.txt'), '');
+    writeFileSync(
+      join(dir, 'ca.cnf'),
+      [
+        '[ca]',
+        'default_ca = test',
+        '[test]',
+        `dir = ${dir}`,
+        'database = $dir/index.txt',
+        'serial = $dir/serial',
+        'new_certs_dir = $dir',
+        'certificate = $dir/ca.pem',
+        'private_key = $dir/ca.key',
+        'default_md = sha256',
+        'policy = anything',
+        'unique_subject = no',
+        'email_in_dn = no',
+        'copy_extensions = none',
+        'x509_extensions = svid',
+        '[anything]',
+        'O = optional',
+        '[svid]',
+        `subjectAltName = critical,URI:${spiffeId}`,
+        'basicConstraints = critical,CA:FALSE',
+        'keyUsage = critical,digitalSignature,keyEncipherment,keyAgreement',
+        'extendedKeyUsage = serverAuth,clientAuth',
+        '',
+      ].join('\n'),
+    );
+    openssl(['req', '-inform', 'DER', '-in', join(dir, 'csr.der'), '-out', join(dir, 'csr.pem')]);
+    openssl([
+      'ca', '-batch', '-config', join(dir, 'ca.cnf'), '-notext', '-subj', '/O=keel-test', '-in', join(dir, 'csr.pem'), '-out', join(dir, 'leaf.pem'),
+      '-startdate', asn1Time(notBefore), '-enddate', asn1Time(notAfter), '-rand_serial',
+    ]);
+    return new X509Certificate(readFileSync(join(dir, 'leaf.pem'))).raw;
+  });
+}

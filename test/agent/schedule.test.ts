@@ -1,7 +1,7 @@
 /** The manager's pure timing rules: backoff, renewal at half-life, JWT freshness, batching, the JWT cache. */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { Backoff, batches, JwtSvidCache, jwtCacheKey, jwtIsFresh, renewalTime, RENEWAL_JITTER_FRACTION } from '../../src/agent/manager/index.js';
+import { Backoff, batches, JwtSvidCache, jwtCacheKey, jwtIsFresh, renewalAttemptTimeout, renewalRetryCap, renewalTime, RENEWAL_JITTER_FRACTION } from '../../src/agent/manager/index.js';
 
 describe('Backoff', () => {
   it('doubles from 500 ms up to the 30 s cap, each delay between half and all of its step', () => {
@@ -100,5 +100,24 @@ describe('JwtSvidCache', () => {
     expect(c.size).toBe(3);
     c.dropSpiffeId('spiffe://example.org/y');
     expect(c.unexpired('spiffe://example.org/y', ['a'], 300)).toBeUndefined();
+  });
+});
+
+describe('renewal retries against faults shorter than a quarter of the life', () => {
+  it('renewal time + the fault + one retry gap + one hung attempt end before expiry, with a tenth of the life to spare (lives of 20 s to 30 days)', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 20_000, max: 30 * 86_400_000 }), fc.double({ min: 0, max: 1, noNaN: true }), fc.double({ min: 0, max: 1, noNaN: true }), (life, r, where) => {
+        const renewAt = renewalTime(0, life, () => r);
+        // The fault starts anywhere up to the renewal time and lasts just under a quarter of the life.
+        const faultEnd = where * renewAt + life / 4;
+        const latestSuccess = Math.max(renewAt, faultEnd) + renewalRetryCap(life) + renewalAttemptTimeout(life);
+        expect(latestSuccess).toBeLessThanOrEqual(life * 0.9 + 1e-6);
+      }),
+    );
+  });
+
+  it('retry gaps are 100 ms to 5 s, attempt timeouts 1 s to 30 s', () => {
+    expect([renewalRetryCap(0), renewalRetryCap(60_000), renewalRetryCap(86_400_000)]).toEqual([100, 3000, 5000]);
+    expect([renewalAttemptTimeout(0), renewalAttemptTimeout(60_000), renewalAttemptTimeout(86_400_000)]).toEqual([1000, 6000, 30_000]);
   });
 });

@@ -174,6 +174,21 @@ describe('errors name the offending key', () => {
     expect(withServer((s) => s.replace('ttl: 7d', 'ttl: 9h')).server.ca.ttl).toBe(32400);
   });
 
+  it('jwt.issuer and jwt.oidc_domains: accepted as relying parties compare them, anything else refused by path', () => {
+    const jwt = (body: string) => withServer((s) => s.replace('  svid:\n', `  jwt:\n${body}  svid:\n`));
+    const ok = jwt('    issuer: https://oidc.example.org/keel\n    oidc_domains: [oidc.example.org, "keel.example.net:8443"]\n');
+    expect(ok.server.jwt.issuer).toBe('https://oidc.example.org/keel');
+    expect(ok.server.jwt.oidc_domains).toEqual(['oidc.example.org', 'keel.example.net:8443']);
+    expect(withServer((s) => s).server.jwt.oidc_domains).toBeUndefined();
+    for (const bad of ['http://oidc.example.org', 'https://u@oidc.example.org', 'https://OIDC.example.org', 'https://oidc.example.org:443', 'https://oidc.example.org/?x']) {
+      expect(issuesOf(() => jwt(`    issuer: "${bad}"\n`)).map((i) => i.path), bad).toEqual(['server.jwt.issuer']);
+    }
+    for (const bad of ['Oidc.example.org', 'https://oidc.example.org', 'oidc.example.org:443', 'a@b.org', 'b.org/x']) {
+      expect(issuesOf(() => jwt(`    oidc_domains: ["${bad}"]\n`)).map((i) => i.path), bad).toEqual(['server.jwt.oidc_domains[0]']);
+    }
+    expect(issuesOf(() => jwt('    oidc_domains: [a.org, a.org]\n')).map((i) => i.path)).toEqual(['server.jwt.oidc_domains']);
+  });
+
   it('the public listener needs a certificate unless plain HTTP is asked for', () => {
     const issues = issuesOf(() => withServer((s) => s.replace('    http_plaintext: true\n', '')));
     expect(issues.map((i) => i.path)).toEqual(['server.listen.http_tls']);

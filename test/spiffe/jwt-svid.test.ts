@@ -164,6 +164,18 @@ describe('validateJwtSvid refuses each broken rule', () => {
   });
 });
 
+describe('the iss claim', () => {
+  const claimsOf = (t: string) => JSON.parse(Buffer.from(t.split('.')[1]!, 'base64url').toString('utf8'));
+  it('is set when an issuer is given, absent otherwise, and never through extraClaims', async () => {
+    const withIss = await mintJwtSvid({ signer: es256, sub: SUB, aud: ['svc'], expiresAt: IN_5_MIN, issuedAt: NOW, issuer: 'https://oidc.example.org' });
+    expect(claimsOf(withIss).iss).toBe('https://oidc.example.org');
+    expect((await validateJwtSvid(withIss, bundle, 'svc', { now: NOW })).claims.iss).toBe('https://oidc.example.org');
+    expect('iss' in claimsOf(await mintJwtSvid({ signer: es256, sub: SUB, aud: ['svc'], expiresAt: IN_5_MIN, issuedAt: NOW }))).toBe(false);
+    expect(await reason(mintJwtSvid({ signer: es256, sub: SUB, aud: ['a'], expiresAt: IN_5_MIN, extraClaims: { iss: 'https://evil' } }))).toBe('bad-mint-input');
+    expect(await reason(mintJwtSvid({ signer: es256, sub: SUB, aud: ['a'], expiresAt: IN_5_MIN, issuer: '' }))).toBe('bad-mint-input');
+  });
+});
+
 describe('mintJwtSvid refuses bad input', () => {
   it('empty audience, reserved extra claims, exp before iat, DER signatures', async () => {
     expect(await reason(mintJwtSvid({ signer: es256, sub: SUB, aud: [], expiresAt: IN_5_MIN }))).toBe('bad-mint-input');

@@ -26,7 +26,11 @@ export interface BundlesResponse {
   bundles: Record<string, Buffer>;
 }
 
-type Unary = (req: object, md: grpc.Metadata, cb: (err: grpc.ServiceError | null, res: unknown) => void) => grpc.ClientUnaryCall;
+type UnaryCallback = (err: grpc.ServiceError | null, res: unknown) => void;
+type Unary = {
+  (req: object, md: grpc.Metadata, cb: UnaryCallback): grpc.ClientUnaryCall;
+  (req: object, md: grpc.Metadata, options: grpc.CallOptions, cb: UnaryCallback): grpc.ClientUnaryCall;
+};
 type ServerStream = (req: object, md: grpc.Metadata) => grpc.ClientReadableStream<unknown>;
 
 export interface WorkloadClient extends grpc.Client {
@@ -57,9 +61,10 @@ export function header(values: string | readonly string[] | null = 'true'): grpc
   return md;
 }
 
-export function unary<T>(client: WorkloadClient, method: 'FetchJWTSVID' | 'ValidateJWTSVID', req: object, md = header()): Promise<T> {
+/** One unary call; `options` are grpc-js call options (e.g. a deadline). */
+export function unary<T>(client: WorkloadClient, method: 'FetchJWTSVID' | 'ValidateJWTSVID', req: object, md = header(), options: grpc.CallOptions = {}): Promise<T> {
   return new Promise((resolve, reject) => {
-    client[method](req, md, (err, res) => (err ? reject(err) : resolve(res as T)));
+    client[method](req, md, options, (err, res) => (err ? reject(err) : resolve(res as T)));
   });
 }
 

@@ -11,12 +11,15 @@ import { SpiffeId, TrustDomain } from '../../src/spiffe/id.js';
 import type { Signer } from '../../src/spiffe/signer.js';
 import type {
   BundleSnapshot,
+  FetchJwtOptions,
   Identity,
   IdentitySource,
   IssuedJwtSvid,
+  MatchedEntry,
   TrustDomainBundle,
   Unsubscribe,
   ValidatedJwt,
+  WorkloadLookup,
 } from '../../src/agent/workload/identity-source.js';
 import { formatSelector, kindOf, type Selector, type SelectorKind } from '../../src/agent/workload/selectors.js';
 import { ecPrivateKey, issueLeaf, makeCa, type TestCa, type TestLeaf } from './certs.js';
@@ -54,7 +57,8 @@ function wire(d: Domain): TrustDomainBundle {
 export class FakeIdentitySource implements IdentitySource {
   readonly own: Domain;
   readonly federated = new Map<string, Domain>();
-  readonly #entries = new Map<string, { entry: FakeEntry; leaf: TestLeaf }>();
+  /** `leaf` undefined: the entry's SVID is still being signed. */
+  readonly #entries = new Map<string, { entry: FakeEntry; leaf: TestLeaf | undefined }>();
   readonly #listeners = new Set<() => void>();
   readonly #jwtCache = new Map<string, IssuedJwtSvid>();
   /** Every selector set the server asked about (to check what attestation produced). */
@@ -62,6 +66,12 @@ export class FakeIdentitySource implements IdentitySource {
   jwtMints = 0;
   /** Test hook: awaited inside fetchJwtSvid before the token is returned. */
   beforeJwtReturn: (() => Promise<void>) | undefined;
+  /** Test hook: fetchJwtSvid rejects with this (no token could be minted). */
+  jwtFailure: Error | undefined;
+  /** Test hook: false = not in sync with the server (a caller no entry matches is then told to retry). */
+  inSync = true;
+  /** Test hook: the node lost its identity for this reason (every caller is denied). */
+  revoked: string | undefined;
 
   constructor(trustDomain = 'example.org') {
     this.own = domain(trustDomain);
@@ -76,9 +86,9 @@ export class FakeIdentitySource implements IdentitySource {
     this.#emit();
   }
 
-  /** Adds or replaces an entry, issuing it a fresh SVID. */
-  setEntry(entry: FakeEntry, leaf?: TestLeaf): void {
-    this.#entries.set(entry.entryId, { entry, leaf: leaf ?? issueLeaf(this.own.ca, entry.spiffeId) });
+  /** Adds or replaces an entry, issuing it a fresh SVID (`null`: none yet, as while it is being signed). */
+  setEntry(entry: FakeEntry, leaf?: TestLeaf | null): void {
+    this.#entries.set(entry.entryId, { entry, leaf: leaf === null ? undefined : (leaf ?? issueLeaf(this.own.ca, entry.spiffeId)) });
     this.#emit();
   }
 
@@ -124,29 +134,44 @@ export class FakeIdentitySource implements IdentitySource {
   }
 
   identitiesFor(selectors: readonly Selector[]): readonly Identity[] {
+    const l = this.lookup(selectors);
+    return l.kind === 'matched' ? l.identities : [];
+  }
+
+  lookup(selectors: readonly Selector[]): WorkloadLookup {
     this.seenSelectors.push([...selectors]);
+    if (this.revoked !== undefined) return { kind: 'denied', detail: `the node lost its identity (${this.revoked})` };
     const have = new Set(selectors.map(formatSelector));
-    const out: Identity[] = [];
+    const entries: MatchedEntry[] = [];
+    const identities: Identity[] = [];
     for (const { entry, leaf } of this.#entries.values()) {
       if (entry.selectors.length === 0 || !entry.selectors.every((s) => have.has(formatSelector(s)))) continue;
-      out.push({
+      const m: MatchedEntry = {
         entryId: entry.entryId,
         spiffeId: SpiffeId.parse(entry.spiffeId),
         hint: entry.hint ?? '',
-        x509Svid: { chainDer: leaf.chainDer, privateKeyPkcs8: leaf.privateKeyPkcs8, expiresAt: leaf.expiresAt },
         federatesWith: (entry.federatesWith ?? []).map((t) => TrustDomain.parse(t)),
-      });
+      };
+      entries.push(m);
+      if (leaf) identities.push({ ...m, x509Svid: { chainDer: leaf.chainDer, privateKeyPkcs8: leaf.privateKeyPkcs8, expiresAt: leaf.expiresAt } });
     }
-    return out;
+    if (entries.length > 0) return { kind: 'matched', entries, identities };
+    if (!this.inSync) return { kind: 'unavailable', detail: 'not in sync with the server' };
+    return { kind: 'denied', detail: 'no registration entry matches the selectors' };
   }
 
   bundles(): BundleSnapshot {
     return { own: wire(this.own), federated: [...this.federated.values()].map(wire) };
   }
 
-  async fetchJwtSvid(entryId: string, audience: readonly string[]): Promise<IssuedJwtSvid> {
+  /** The options of the last fetchJwtSvid call (the deadline the server passed on). */
+  lastJwtOptions: FetchJwtOptions | undefined;
+
+  async fetchJwtSvid(entryId: string, audience: readonly string[], options?: FetchJwtOptions): Promise<IssuedJwtSvid> {
+    this.lastJwtOptions = options;
     const e = this.#entries.get(entryId);
     if (!e) throw new Error(`entry ${entryId} is gone`);
+    if (this.jwtFailure) throw this.jwtFailure;
     const key = `${e.entry.spiffeId}\u0000${[...audience].sort().join('\u0000')}`;
     let jwt = this.#jwtCache.get(key);
     if (!jwt || jwt.expiresAt.getTime() - Date.now() < 30_000) {

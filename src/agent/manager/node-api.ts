@@ -19,4 +19,6 @@ export interface NodeApi {
   signX509Svids(requests: readonly { readonly entryId: string; readonly csr: Buffer }[]): Promise<WireX509SvidResult[]>;
   /** Rejects with NodeApiError. */
   signJwtSvid(entryId: string, audience: readonly string[]): Promise<{ token: string; expiresAt: Date }>;
+  /** A WIT-SVID of the entry for `publicKeyJwk` (JWK JSON with alg). Optional: servers without the WIT profile lack it. Rejects with NodeApiError. */
+  signWitSvid?(entryId: string, publicKeyJwk: string): Promise<{ token: string; expiresAt: Date }>;
 }

@@ -19,6 +19,40 @@ export function renewalTime(receivedAt: number, expiresAt: number, random: () =>
   return receivedAt + life / 2 - jitter;
 }
 
+/** Retries of a failed renewal come at most this far apart, and at least this far. */
+export const RENEWAL_RETRY_MAX_MS = 5000;
+export const RENEWAL_RETRY_MIN_MS = 100;
+/** One signing call is waited for at most this long (and at least the minimum) before it counts as failed. */
+export const RENEWAL_ATTEMPT_MAX_MS = 30_000;
+export const RENEWAL_ATTEMPT_MIN_MS = 1000;
+
+const clamp = (v: number, lo: number, hi: number): number => Math.min(hi, Math.max(lo, v));
+
+/**
+ * The longest wait between two attempts at renewing a credential whose life
+ * (reception to expiry) is `lifeMs`: a twentieth of it, within 100 ms .. 5 s.
+ *
+ * Why that is enough: renewal starts at half-life at the latest
+ * (renewalTime), so a fault that lasts less than a quarter of the life is
+ * over by three quarters of it, and the next attempt comes within another
+ * twentieth (plus, for a call that hangs, renewalAttemptTimeout): the
+ * credential is replaced with about a tenth of its life to spare, and the old
+ * one is served until then.
+ */
+export function renewalRetryCap(lifeMs: number): number {
+  return clamp(lifeMs / 20, RENEWAL_RETRY_MIN_MS, RENEWAL_RETRY_MAX_MS);
+}
+
+/**
+ * How long a signing call for credentials of life `lifeMs` is waited for
+ * before it counts as failed and is retried (a server that hangs rather than
+ * refuses): a tenth of the life, within 1 s .. 30 s. An answer that comes
+ * later is still taken.
+ */
+export function renewalAttemptTimeout(lifeMs: number): number {
+  return clamp(lifeMs / 10, RENEWAL_ATTEMPT_MIN_MS, RENEWAL_ATTEMPT_MAX_MS);
+}
+
 /** A JWT-SVID is served from the cache while more than half of its life is left. */
 export function jwtIsFresh(receivedAt: number, expiresAt: number, now: number): boolean {
   const life = expiresAt - receivedAt;

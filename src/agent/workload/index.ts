@@ -10,12 +10,16 @@ export { WorkloadAttestor, uptimeTicks } from './attestor.js';
 export type { ExeIdentity, ProcessImage, ProcessStamp, WorkloadAttestation, WorkloadAttestorOptions } from './attestor.js';
 export type {
   BundleSnapshot,
+  FetchJwtOptions,
   IdentitySource,
   Identity,
   IssuedJwtSvid,
+  IssuedWitSvid,
+  MatchedEntry,
   TrustDomainBundle,
   Unsubscribe,
   ValidatedJwt,
+  WorkloadLookup,
   X509SvidMaterial,
 } from './identity-source.js';
 export { formatSelector, kindOf, selectorSetKey } from './selectors.js';

@@ -2,7 +2,7 @@
  * Workload API response messages, in the shape proto-loader expects
  * (snake_case fields, Buffers for bytes), built from what the IdentitySource holds.
  */
-import type { BundleSnapshot, Identity, TrustDomainBundle } from './identity-source.js';
+import type { BundleSnapshot, Identity, MatchedEntry, TrustDomainBundle } from './identity-source.js';
 
 export interface X509SvidMessage {
   spiffe_id: string;
@@ -25,7 +25,7 @@ export interface JwtBundlesResponse {
 }
 
 /** The federated bundles the identities are entitled to, sorted by trust domain. */
-function federatedFor(identities: readonly Identity[], bundles: BundleSnapshot): TrustDomainBundle[] {
+function federatedFor(identities: readonly Pick<MatchedEntry, 'federatesWith'>[], bundles: BundleSnapshot): TrustDomainBundle[] {
   const wanted = new Set(identities.flatMap((i) => i.federatesWith.map((td) => td.name)));
   wanted.delete(bundles.own.trustDomain.name);
   return bundles.federated.filter((b) => wanted.has(b.trustDomain.name)).sort((a, b) => (a.trustDomain.name < b.trustDomain.name ? -1 : 1));
@@ -48,13 +48,13 @@ export function x509SvidResponse(identities: readonly Identity[], bundles: Bundl
 }
 
 /** The own trust domain's bundle, plus the federated ones the caller's identities federate with. */
-export function x509BundlesResponse(identities: readonly Identity[], bundles: BundleSnapshot): X509BundlesResponse {
+export function x509BundlesResponse(identities: readonly Pick<MatchedEntry, 'federatesWith'>[], bundles: BundleSnapshot): X509BundlesResponse {
   const out: Record<string, Buffer> = { [bundles.own.trustDomain.idString]: bundles.own.x509Der };
   for (const b of federatedFor(identities, bundles)) out[b.trustDomain.idString] = b.x509Der;
   return { crl: [], bundles: out };
 }
 
-export function jwtBundlesResponse(identities: readonly Identity[], bundles: BundleSnapshot): JwtBundlesResponse {
+export function jwtBundlesResponse(identities: readonly Pick<MatchedEntry, 'federatesWith'>[], bundles: BundleSnapshot): JwtBundlesResponse {
   const out: Record<string, Buffer> = { [bundles.own.trustDomain.idString]: bundles.own.jwks };
   for (const b of federatedFor(identities, bundles)) out[b.trustDomain.idString] = b.jwks;
   return { bundles: out };

@@ -17,8 +17,9 @@ import { uptimeTicks, WorkloadAttestor, type ProcessImage, type WorkloadAttestat
 import { ConnectionIdentities, type ConnectionIdentity } from './connection-identity.js';
 import { WorkloadAttestationError } from './errors.js';
 import { connectionOverLimit, DEFAULT_LIMITS, DropTally, REFUSING_GRACE_MS, REFUSING_MAX, UidCounts, type WorkloadApiLimits } from './limits.js';
-import type { Identity, IdentitySource, Unsubscribe } from './identity-source.js';
+import type { Identity, IdentitySource, MatchedEntry, Unsubscribe, WorkloadLookup } from './identity-source.js';
 import { jwtBundlesResponse, toStruct, x509BundlesResponse, x509SvidResponse } from './messages.js';
+import { witBundlesResponse, type WitSvidMessage } from './wit.js';
 import { workloadServiceDefinition } from './proto.js';
 import { formatSelector, selectorSetKey } from './selectors.js';
 import { listenUnixSocket } from './uds-listener.js';
@@ -103,6 +104,10 @@ class RpcRefusal extends Error {
 }
 
 const NO_IDENTITY = 'no identity issued';
+/** A WIT-SVID renewal that failed is tried again this much later (the tokens sent stay valid meanwhile). */
+const WIT_RETRY_MS = 5_000;
+/** The soonest the WIT tokens of a stream are looked at again. */
+const WIT_MIN_LOOK_MS = 250;
 
 interface Caller {
   readonly conn: ConnectionIdentity;
@@ -111,7 +116,7 @@ interface Caller {
   readonly key: string;
 }
 
-type StreamKind = 'x509svid' | 'x509bundles' | 'jwtbundles';
+type StreamKind = 'x509svid' | 'x509bundles' | 'jwtbundles' | 'witsvid' | 'witbundles';
 type Answer = { readonly bytes: Buffer; readonly spiffeIds: readonly string[] } | { readonly refusal: RpcRefusal };
 
 interface OpenStream {
@@ -123,6 +128,9 @@ interface OpenStream {
   running: boolean;
   dirty: boolean;
   closed: boolean;
+  /** FetchWITSVID: the SPIFFE ID asked for ('' for all), and the timer that renews the tokens sent. */
+  witSpiffeId?: string;
+  witRefresh?: NodeJS.Timeout;
 }
 
 const statusName = (code: grpc.status): string => grpc.status[code] ?? String(code);
@@ -198,23 +206,30 @@ class WorkloadApi implements WorkloadApiServer {
       x509svid: method('FetchX509SVID').responseSerialize,
       x509bundles: method('FetchX509Bundles').responseSerialize,
       jwtbundles: method('FetchJWTBundles').responseSerialize,
+      witsvid: method('FetchWITSVID').responseSerialize,
+      witbundles: method('FetchWITBundles').responseSerialize,
     };
     const service: grpc.ServiceDefinition = {
       ...def,
       FetchX509SVID: passBytes(method('FetchX509SVID')),
       FetchX509Bundles: passBytes(method('FetchX509Bundles')),
       FetchJWTBundles: passBytes(method('FetchJWTBundles')),
+      FetchWITSVID: passBytes(method('FetchWITSVID')),
+      FetchWITBundles: passBytes(method('FetchWITBundles')),
     };
     this.#grpc.addService(service, {
       FetchX509SVID: (call: grpc.ServerWritableStream<unknown, unknown>) => void this.#openStream('FetchX509SVID', 'x509svid', call),
       FetchX509Bundles: (call: grpc.ServerWritableStream<unknown, unknown>) => void this.#openStream('FetchX509Bundles', 'x509bundles', call),
       FetchJWTBundles: (call: grpc.ServerWritableStream<unknown, unknown>) => void this.#openStream('FetchJWTBundles', 'jwtbundles', call),
       FetchJWTSVID: (call: grpc.ServerUnaryCall<JwtSvidRequest, unknown>, cb: grpc.sendUnaryData<unknown>) =>
-        void this.#unary('FetchJWTSVID', call, cb, (c) => this.#fetchJwtSvid(call.request, c), () => checkAudience(call.request)),
+        void this.#unary('FetchJWTSVID', call, cb, (c) => this.#fetchJwtSvid(call.request, c, deadlineOf(call)), () => checkAudience(call.request)),
       ValidateJWTSVID: (call: grpc.ServerUnaryCall<ValidateRequest, unknown>, cb: grpc.sendUnaryData<unknown>) =>
         void this.#unary('ValidateJWTSVID', call, cb, (c) => this.#validateJwtSvid(call.request, c), () => this.#checkValidateRequest(call.request)),
-      FetchWITSVID: (call: grpc.ServerWritableStream<unknown, unknown>) => this.#unimplemented('FetchWITSVID', call),
-      FetchWITBundles: (call: grpc.ServerWritableStream<unknown, unknown>) => this.#unimplemented('FetchWITBundles', call),
+      // The WIT-SVID profile, when the identity source can mint WITs; Unimplemented otherwise (as the standard says).
+      FetchWITSVID: (call: grpc.ServerWritableStream<unknown, unknown>) =>
+        this.#source.fetchWitSvid ? void this.#openStream('FetchWITSVID', 'witsvid', call) : this.#unimplemented('FetchWITSVID', call),
+      FetchWITBundles: (call: grpc.ServerWritableStream<unknown, unknown>) =>
+        this.#source.fetchWitSvid ? void this.#openStream('FetchWITBundles', 'witbundles', call) : this.#unimplemented('FetchWITBundles', call),
     });
     this.#injector = this.#grpc.createConnectionInjector(grpc.ServerCredentials.createInsecure());
   }
@@ -416,14 +431,26 @@ class WorkloadApi implements WorkloadApiServer {
     }
   }
 
-  #identities(caller: Caller): readonly Identity[] {
-    return this.#source.identitiesFor(caller.attestation.selectors);
+  #lookup(caller: Caller): WorkloadLookup {
+    return this.#source.lookup(caller.attestation.selectors);
   }
 
-  async #fetchJwtSvid(req: JwtSvidRequest, caller: Caller): Promise<{ response: object; spiffeIds: readonly string[] }> {
+  /**
+   * The caller's matching entries, or the refusal that says why there are
+   * none: PermissionDenied only when no entry matches (or the node lost its
+   * identity), Unavailable while the agent cannot tell (not in sync with the
+   * server). docs/agent.md, "Status codes".
+   */
+  #entriesOf(caller: Caller): { readonly entries: readonly MatchedEntry[]; readonly identities: readonly Identity[] } {
+    const l = this.#lookup(caller);
+    if (l.kind === 'matched') return l;
+    throw refusalOf(l);
+  }
+
+  async #fetchJwtSvid(req: JwtSvidRequest, caller: Caller, deadline: number | undefined): Promise<{ response: object; spiffeIds: readonly string[] }> {
     const audience = req.audience ?? [];
-    let identities = this.#identities(caller);
-    if (identities.length === 0) throw new RpcRefusal(grpc.status.PERMISSION_DENIED, NO_IDENTITY, 'no registration entry matches the selectors');
+    // A JWT-SVID needs the entry only, not its X.509-SVID (which may still be being signed).
+    let identities = this.#entriesOf(caller).entries;
     if (req.spiffe_id) {
       let wanted: SpiffeId;
       try {
@@ -437,16 +464,22 @@ class WorkloadApi implements WorkloadApiServer {
         throw new RpcRefusal(grpc.status.PERMISSION_DENIED, `no identity issued for ${wanted.toString()}`, `caller asked for ${wanted.toString()}, which it does not hold`);
       }
     }
-    const svids = await Promise.all(
+    const minted = await Promise.all(
       identities.map(async (i) => {
         try {
-          const jwt = await this.#source.fetchJwtSvid(i.entryId, audience);
+          const jwt = await this.#source.fetchJwtSvid(i.entryId, audience, deadline === undefined ? {} : { deadline });
           return { spiffe_id: i.spiffeId.toString(), svid: jwt.token, hint: i.hint };
         } catch (e) {
+          // Judged again on what the agent knows now: the entry may have gone, or the node lost its identity.
+          const now = this.#lookup(caller);
+          if (now.kind === 'denied') throw refusalOf(now);
+          if (now.kind === 'matched' && !now.entries.some((m) => m.entryId === i.entryId)) return undefined;
           throw new RpcRefusal(grpc.status.UNAVAILABLE, 'could not fetch a JWT-SVID', `minting for ${i.spiffeId.toString()} failed: ${(e as Error).message}`);
         }
       }),
     );
+    const svids = minted.filter((m) => m !== undefined);
+    if (svids.length === 0) throw new RpcRefusal(grpc.status.PERMISSION_DENIED, NO_IDENTITY, 'the matching entries were removed while their JWT-SVIDs were minted');
     return { response: { svids }, spiffeIds: svids.map((s) => s.spiffe_id) };
   }
 
@@ -457,9 +490,7 @@ class WorkloadApi implements WorkloadApiServer {
 
   async #validateJwtSvid(req: ValidateRequest, caller: Caller): Promise<{ response: object; spiffeIds: readonly string[] }> {
     // Validation reads the trust bundles, so it is open to whoever may read them.
-    if (!this.#allowUnauthenticated && this.#identities(caller).length === 0) {
-      throw new RpcRefusal(grpc.status.PERMISSION_DENIED, NO_IDENTITY, 'no registration entry matches the selectors');
-    }
+    if (!this.#allowUnauthenticated) this.#entriesOf(caller);
     let validated;
     try {
       validated = await this.#source.validateJwt(req.svid, req.audience);
@@ -503,10 +534,12 @@ class WorkloadApi implements WorkloadApiServer {
       return;
     }
     const st: OpenStream = { kind, rpc, caller, call, last: undefined, running: false, dirty: false, closed: false };
+    if (kind === 'witsvid') st.witSpiffeId = (call.request as { spiffe_id?: string } | undefined)?.spiffe_id ?? '';
     this.#streams.add(st);
     this.#streamCounts.add(uid);
     call.once('close', () => {
       st.closed = true;
+      clearTimeout(st.witRefresh);
       if (this.#streams.delete(st)) this.#streamCounts.remove(uid);
     });
     await this.#pump(st);
@@ -522,14 +555,26 @@ class WorkloadApi implements WorkloadApiServer {
     const key = `${kind}\u0000${caller.key}`;
     const hit = this.#answers.get(key);
     if (hit) return hit;
-    const identities = this.#identities(caller);
+    const l = this.#lookup(caller);
     let answer: Answer;
-    if (identities.length === 0 && (kind === 'x509svid' || !this.#allowUnauthenticated)) {
-      answer = { refusal: new RpcRefusal(grpc.status.PERMISSION_DENIED, NO_IDENTITY, 'no registration entry matches the selectors') };
+    if (l.kind !== 'matched' && (kind === 'x509svid' || !this.#allowUnauthenticated)) {
+      answer = { refusal: refusalOf(l) };
+    } else if (kind === 'x509svid' && l.kind === 'matched' && l.identities.length === 0) {
+      // Entries match, but none of their X.509-SVIDs is there (being signed, or expired with the server away).
+      answer = { refusal: new RpcRefusal(grpc.status.UNAVAILABLE, 'X.509-SVIDs are being issued; retry', `${l.entries.length} matching entr${l.entries.length === 1 ? 'y has' : 'ies have'} no valid X.509-SVID yet`) };
     } else {
       const bundles = this.#source.bundles();
+      const identities = l.kind === 'matched' ? l.identities : [];
+      // Bundle streams follow the entries (federated bundles included), whether or not their X.509-SVIDs are there yet.
+      const entries = l.kind === 'matched' ? l.entries : [];
       const message =
-        kind === 'x509svid' ? x509SvidResponse(identities, bundles) : kind === 'x509bundles' ? x509BundlesResponse(identities, bundles) : jwtBundlesResponse(identities, bundles);
+        kind === 'x509svid'
+          ? x509SvidResponse(identities, bundles)
+          : kind === 'x509bundles'
+            ? x509BundlesResponse(entries, bundles)
+            : kind === 'witbundles'
+              ? witBundlesResponse(bundles)
+              : jwtBundlesResponse(entries, bundles);
       answer = { bytes: this.#serialize[kind](message), spiffeIds: kind === 'x509svid' ? identities.map((i) => i.spiffeId.toString()) : [] };
     }
     // Bounded: the entries of one generation are as many as distinct selector sets calling.
@@ -544,6 +589,7 @@ class WorkloadApi implements WorkloadApiServer {
    * one more round, so a slow reader gets the latest state, not a backlog.
    */
   async #pump(st: OpenStream): Promise<void> {
+    if (st.kind === 'witsvid') return this.#pumpWit(st);
     if (st.running) {
       st.dirty = true;
       return;
@@ -574,6 +620,96 @@ class WorkloadApi implements WorkloadApiServer {
     } finally {
       st.running = false;
     }
+  }
+
+  /**
+   * FetchWITSVID: the caller's WIT-SVIDs (each with the private key it binds),
+   * sent at once, again on every entry change, and again before the tokens
+   * sent reach half of their life (the source renews them then). A renewal
+   * that fails keeps the stream (the tokens sent are still valid) and is
+   * retried; a first answer that cannot be had ends it with Unavailable.
+   */
+  async #pumpWit(st: OpenStream): Promise<void> {
+    if (st.running) {
+      st.dirty = true;
+      return;
+    }
+    st.running = true;
+    try {
+      do {
+        st.dirty = false;
+        if (st.closed) return;
+        clearTimeout(st.witRefresh);
+        let svids: WitSvidMessage[];
+        let renewAt: number;
+        try {
+          ({ svids, renewAt } = await this.#witSvids(st));
+        } catch (e) {
+          if (st.last && !(e instanceof RpcRefusal && e.code === grpc.status.PERMISSION_DENIED) && !(e instanceof RpcRefusal && e.code === grpc.status.INVALID_ARGUMENT)) {
+            st.witRefresh = setTimeout(() => void this.#pump(st), WIT_RETRY_MS);
+            st.witRefresh.unref();
+            continue;
+          }
+          this.#endStream(st.call, this.#refused(st.rpc, st.caller, st.call, e));
+          return;
+        }
+        if (st.closed) return;
+        // Half of what is left of the shortest-lived token: the source renews at half of its life, so a
+        // look that finds the same tokens comes back sooner each time, never after they expire.
+        st.witRefresh = setTimeout(() => void this.#pump(st), Math.max(WIT_MIN_LOOK_MS, renewAt - Date.now()));
+        st.witRefresh.unref();
+        const bytes = this.#serialize.witsvid({ svids });
+        if (st.last?.equals(bytes)) continue;
+        try {
+          await this.#ensureSameProcess(st.caller);
+        } catch (e) {
+          this.#endStream(st.call, this.#refused(st.rpc, st.caller, st.call, e));
+          return;
+        }
+        if (st.closed) return;
+        const more = st.call.write(bytes);
+        st.last = bytes;
+        this.#auditEvent(st.rpc, st.caller, undefined, { outcome: 'issued', spiffeIds: svids.map((s) => s.spiffe_id) });
+        if (!more) await drained(st.call);
+      } while (st.dirty);
+    } finally {
+      st.running = false;
+    }
+  }
+
+  /** The WIT-SVIDs of the stream's caller (optionally only `spiffe_id`), and when to look again. */
+  async #witSvids(st: OpenStream): Promise<{ svids: WitSvidMessage[]; renewAt: number }> {
+    let entries = this.#entriesOf(st.caller).entries;
+    if (st.witSpiffeId) {
+      let wanted: SpiffeId;
+      try {
+        wanted = SpiffeId.parse(st.witSpiffeId);
+      } catch (e) {
+        if (e instanceof InvalidSpiffeIdError) throw new RpcRefusal(grpc.status.INVALID_ARGUMENT, `spiffe_id: ${e.reason}`);
+        throw e;
+      }
+      entries = entries.filter((i) => i.spiffeId.equals(wanted));
+      if (entries.length === 0) throw new RpcRefusal(grpc.status.PERMISSION_DENIED, `no identity issued for ${wanted.toString()}`, `caller asked for ${wanted.toString()}, which it does not hold`);
+    }
+    let renewAt = Infinity;
+    const minted = await Promise.all(
+      entries.map(async (i) => {
+        try {
+          const wit = await this.#source.fetchWitSvid!(i.entryId);
+          const now = Date.now();
+          renewAt = Math.min(renewAt, now + (wit.expiresAt.getTime() - now) / 2);
+          return { spiffe_id: i.spiffeId.toString(), wit_svid: wit.token, wit_svid_key: wit.privateKeyJwk, hint: i.hint };
+        } catch (e) {
+          const l = this.#lookup(st.caller);
+          if (l.kind === 'denied') throw refusalOf(l);
+          if (l.kind === 'matched' && !l.entries.some((m) => m.entryId === i.entryId)) return undefined;
+          throw new RpcRefusal(grpc.status.UNAVAILABLE, 'could not fetch a WIT-SVID', `minting for ${i.spiffeId.toString()} failed: ${(e as Error).message}`);
+        }
+      }),
+    );
+    const svids = minted.filter((m) => m !== undefined);
+    if (svids.length === 0) throw new RpcRefusal(grpc.status.PERMISSION_DENIED, NO_IDENTITY, 'the matching entries were removed while their WIT-SVIDs were minted');
+    return { svids, renewAt };
   }
 
   #onSourceChange(): void {
@@ -619,6 +755,19 @@ class WorkloadApi implements WorkloadApiServer {
 interface JwtSvidRequest {
   audience?: string[];
   spiffe_id?: string;
+}
+
+/** What a caller without entries is told: PermissionDenied when none match, Unavailable while the agent cannot tell. */
+function refusalOf(l: Exclude<WorkloadLookup, { kind: 'matched' }>): RpcRefusal {
+  if (l.kind === 'denied') return new RpcRefusal(grpc.status.PERMISSION_DENIED, NO_IDENTITY, l.detail);
+  return new RpcRefusal(grpc.status.UNAVAILABLE, 'the agent is not ready to answer; retry', l.detail);
+}
+
+/** The call's deadline in ms since the epoch, undefined when it has none. */
+function deadlineOf(call: { getDeadline(): grpc.Deadline }): number | undefined {
+  const d = call.getDeadline();
+  const ms = d instanceof Date ? d.getTime() : d;
+  return Number.isFinite(ms) ? ms : undefined;
 }
 
 /** The request's audience, judged before anything else: a bad one is InvalidArgument, never retried as an outage. */

@@ -2,4 +2,5 @@
 export { agentRunCommand } from './run.js';
 export { fetchX509Command, fetchJwtCommand, validateJwtCommand, watchCommand, interrupted } from './api.js';
 export { agentHealthcheckCommand } from './healthcheck.js';
+export { writeCommand, runFilesHelper } from './write.js';
 export { WorkloadApiClient, workloadTarget, describeRpcError, structToJson } from './workload-client.js';

@@ -11,6 +11,7 @@ import { bindingMessage, type BindingRequest } from '../../proto/channel-binding
 import { BindingRefused, BoundListener, type BoundAgent, type NodeConnection } from './bound-listener.js';
 import { SpiffeId, TrustDomain } from '../../spiffe/id.js';
 import { TrustBundle, bundleFromJwks, bundleX509Der, jwtBundleJson, verifyX509Svid } from '../../spiffe/index.js';
+import { checkCnfJwk, cnfThumbprint, parseStrictJson, WitSvidError } from '../../spiffe/index.js';
 import { CaIssueError, CsrError, parseCsr, type CertificateAuthority, type ParsedCsr } from '../ca/index.js';
 import type { AttestedNode, Datastore, RegistrationEntry } from '../store/index.js';
 import type { AuditLog, Logger } from '../../log/index.js';
@@ -29,6 +30,7 @@ import {
   type WireAttestRequest,
   type WireAttestResponse,
   type WireSignJwtSvidRequest,
+  type WireSignWitSvidRequest,
   type WireSignX509SvidsRequest,
   type WireSyncEntriesResponse,
   type WireX509SvidResult,
@@ -39,7 +41,7 @@ export const MAX_SVID_BATCH = 1000;
 /** Room for everything but the event log in one message. */
 const MESSAGE_OVERHEAD = 256 * 1024;
 
-export type NodeApiCa = Pick<CertificateAuthority, 'trustDomain' | 'issueX509Svid' | 'mintJwtSvid' | 'bundle' | 'status' | 'onBundleChange'>;
+export type NodeApiCa = Pick<CertificateAuthority, 'trustDomain' | 'issueX509Svid' | 'mintJwtSvid' | 'mintWitSvid' | 'bundle' | 'status' | 'onBundleChange'>;
 
 export interface NodeApiServerOptions {
   /** `host:port`; port 0 picks a free one. */
@@ -118,6 +120,7 @@ export class NodeApiServer {
       SyncEntries: (call: grpc.ServerWritableStream<unknown, WireSyncEntriesResponse>) => void handlers.api!.#sync(call),
       SignX509Svids: (call: grpc.ServerUnaryCall<WireSignX509SvidsRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => void handlers.api!.#signX509(call, cb),
       SignJwtSvid: (call: grpc.ServerUnaryCall<WireSignJwtSvidRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => void handlers.api!.#signJwt(call, cb),
+      SignWitSvid: (call: grpc.ServerUnaryCall<WireSignWitSvidRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => void handlers.api!.#signWit(call, cb),
       Check: (call: grpc.ServerDuplexStream<WireAttestRequest, WireAttestResponse>) => void handlers.api!.#check(call),
     });
     const api = new NodeApiServer(o, server, identity);
@@ -630,6 +633,50 @@ export class NodeApiServer {
         keyId: jwt.kid,
       });
       cb(null, { token: jwt.token, expires_at: Math.floor(jwt.expiresAt.getTime() / 1000) });
+    } catch (e) {
+      cb(this.#statusOf(e));
+    }
+  }
+
+  /** SignWitSvid: as SignJwtSvid, for the workload public key the agent sends (it becomes cnf.jwk). */
+  async #signWit(call: grpc.ServerUnaryCall<WireSignWitSvidRequest, unknown>, cb: grpc.sendUnaryData<unknown>): Promise<void> {
+    try {
+      const agent = await this.#signingAgent(call);
+      const agentId = agent.agentId.toString();
+      const { entry_id: entryId, public_key_jwk: jwkText } = call.request;
+      const refuse = (reason: string, detail: string): never => {
+        this.#o.audit.record({ event: 'svid.refused', agentId, entryId, reason, svid: 'wit' });
+        throw new CallRefused(reason, detail);
+      };
+      const { entries } = await this.#authorized(agent);
+      const entry = entries.find((e) => e.id === entryId);
+      if (!entry) refuse('not-authorized', `entry ${JSON.stringify(entryId)} is not one this agent may hold`);
+      let cnf;
+      try {
+        if (typeof jwkText !== 'string' || jwkText.length === 0 || jwkText.length > 8192) throw new WitSvidError('bad-cnf', 'public_key_jwk must be a JWK of at most 8192 characters');
+        cnf = checkCnfJwk(parseStrictJson(jwkText)).jwk;
+      } catch (e) {
+        return refuse('invalid-request', `public_key_jwk: ${(e as Error).message}`);
+      }
+      let wit;
+      try {
+        wit = await this.#o.ca.mintWitSvid({ spiffeId: entry!.spiffeId, publicKeyJwk: cnf, ttlSeconds: entry!.jwtSvidTtl ?? this.#o.defaultJwtSvidTtlSeconds });
+      } catch (e) {
+        if (e instanceof CaIssueError) return refuse('invalid-request', e.message);
+        this.#o.audit.record({ event: 'svid.refused', agentId, entryId, reason: 'internal', svid: 'wit' });
+        throw e;
+      }
+      this.#o.audit.record({
+        event: 'svid.wit_issued',
+        spiffeId: wit.spiffeId,
+        entryId: entry!.id,
+        agentId,
+        jti: wit.jti,
+        cnfThumbprint: cnfThumbprint(cnf),
+        notAfter: wit.expiresAt.toISOString(),
+        keyId: wit.kid,
+      });
+      cb(null, { token: wit.token, expires_at: Math.floor(wit.expiresAt.getTime() / 1000) });
     } catch (e) {
       cb(this.#statusOf(e));
     }

@@ -14,7 +14,7 @@ import {
 
 export type {
   WireAttestParams, WirePcrValues, WireChallengeResponse, WireAttestRequest, WireAttestResponse, WireEntry,
-  WireSyncEntriesResponse, WireSignX509SvidsRequest, WireX509SvidResult, WireSignJwtSvidRequest,
+  WireSyncEntriesResponse, WireSignX509SvidsRequest, WireX509SvidResult, WireSignJwtSvidRequest, WireSignWitSvidRequest,
 } from '../../proto/node-api.js';
 export { REASON_METADATA_KEY } from '../../proto/node-api.js';
 
