@@ -241,14 +241,18 @@ export class SvidFileWriter {
       await this.#ensureDir();
       const current = await this.#currentGeneration();
       if (current && (await this.#holds(current, files))) {
-        await this.#links(names);
+        await this.#addLinks(names);
+        await this.#dropStaleLinks(names);
         return { changed: false, generation: current, files: names, serial };
       }
       const generation = await this.#nextGeneration();
       await this.#writeGeneration(generation, files);
+      // The names first (through `current`, still the old set), then the swap:
+      // once `current` names a generation, every name of its set resolves.
+      await this.#addLinks(names);
       await swapLink(this.dir, CURRENT_LINK, generation);
       await fsyncPath(this.dir);
-      await this.#links(names);
+      await this.#dropStaleLinks(names);
       await fsyncPath(this.dir);
       await this.#prune(generation);
       return { changed: true, generation, files: names, serial };
@@ -326,8 +330,8 @@ export class SvidFileWriter {
     await rename(tmp, join(this.dir, generation));
   }
 
-  /** DIR/<name> → current/<name> for every file of the set; links of ours to files no longer in it go. */
-  async #links(names: readonly string[]): Promise<void> {
+  /** DIR/<name> → current/<name> for every file of the set. */
+  async #addLinks(names: readonly string[]): Promise<void> {
     const { uid, gid } = this.#layout;
     for (const name of names) {
       const want = `${CURRENT_LINK}/${name}`;
@@ -336,6 +340,11 @@ export class SvidFileWriter {
       await swapLink(this.dir, name, want);
       if (uid !== undefined || gid !== undefined) await lchown(join(this.dir, name), uid ?? -1, gid ?? -1);
     }
+  }
+
+  /** Links of ours to files no longer in the set go (after the swap: until then the old set still has them). */
+  async #dropStaleLinks(names: readonly string[]): Promise<void> {
+    const { uid, gid } = this.#layout;
     const keep = new Set(names);
     for (const name of await readdir(this.dir)) {
       if (keep.has(name) || name === CURRENT_LINK || name.startsWith('.keel-')) continue;
