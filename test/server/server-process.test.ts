@@ -4,52 +4,16 @@
  * the admin CLI talks to it over its Unix socket, SIGTERM stops it cleanly,
  * and a restart goes on with the same CA.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { promisify } from 'node:util';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freePort } from '../../simulator/ports.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../../simulator/softhsm.js';
 import { startSwtpm, type Swtpm } from '../../simulator/swtpm.js';
 import { attestNode } from '../../src/agent/attestation/index.js';
 import { TpmDevice } from '../../src/tpm/device.js';
-
-const run = promisify(execFile);
-const ROOT = resolve(import.meta.dirname, '../..');
-const MAIN = join(ROOT, 'src/cli/main.ts');
-
-interface Proc {
-  child: ChildProcess;
-  logs: () => string;
-  exited: Promise<number | null>;
-}
-
-function startProcess(args: string[], env: NodeJS.ProcessEnv): Proc {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout!.on('data', (d: Buffer) => (out += d));
-  child.stderr!.on('data', (d: Buffer) => (out += d));
-  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-  return { child, logs: () => out, exited };
-}
-
-async function waitReady(url: string, proc: Proc, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (proc.child.exitCode !== null) throw new Error(`server exited early:\n${proc.logs()}`);
-    try {
-      const r = await fetch(url);
-      if (r.status === 200) return;
-    } catch {
-      // not listening yet
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`server not ready in ${timeoutMs} ms:\n${proc.logs()}`);
-}
+import { keel, ROOT, startProcess, waitReady, writeServerConfig } from './server-harness.js';
 
 describe('keel server run', () => {
   let dir: string;
@@ -65,27 +29,10 @@ describe('keel server run', () => {
     dir = await mkdtemp(join(tmpdir(), 'keel-server-'));
     [token, sim] = await Promise.all([createSoftHsmToken({ label: 'keel' }), startSwtpm()]);
     await writeFile(join(dir, 'manufacturer.pem'), sim.manufacturerCaPems.join(''));
-    nodePort = await freePort();
-    httpPort = await freePort();
-    socket = join(dir, 'admin', 'admin.sock');
-    config = join(dir, 'server.yaml');
-    await writeFile(
-      config,
-      `server:
-  trust_domain: example.org
-  data_dir: ${join(dir, 'data')}
-  log_level: info
-  listen:
-    node_api: 127.0.0.1:${nodePort}
-    http: 127.0.0.1:${httpPort}
-    http_plaintext: true
-    admin_socket: ${socket}
-  hsm:
-    module: ${token.module}
-    token_label: keel
-    pin_source: env:KEEL_TEST_PIN
-  ca:
-    ttl: 24h
+    ({ config, env, nodePort, httpPort, socket } = await writeServerConfig(
+      dir,
+      token,
+      `  log_level: info
   svid:
     default_x509_ttl: 1h
     agent_ttl: 1h
@@ -93,8 +40,7 @@ describe('keel server run', () => {
     manufacturer_cas: [manufacturer.pem]
     firmware_policies: [${join(ROOT, 'firmware-policies/swtpm-dev.yaml')}]
 `,
-    );
-    env = { ...process.env, SOFTHSM2_CONF: token.conf, KEEL_TEST_PIN: token.pin, KEEL_ADMIN_SOCKET: socket };
+    ));
   });
   afterAll(async () => {
     await sim?.stop();
@@ -102,7 +48,7 @@ describe('keel server run', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  const cli = async (...args: string[]) => (await run(process.execPath, ['--import', 'tsx', MAIN, ...args], { env })).stdout;
+  const cli = async (...args: string[]) => (await keel(args, env)).stdout;
 
   it('serves, attests a node, answers the admin CLI, stops on SIGTERM, and restarts with the same CA', async () => {
     const server = startProcess(['server', 'run', '--config', config], env);
@@ -166,7 +112,7 @@ describe('keel server run', () => {
   it('refuses to start on a config error, naming the key', async () => {
     const bad = join(dir, 'bad.yaml');
     await writeFile(bad, `server:\n  trust_domain: Example.org\n  data_dir: x\n`);
-    const r = await run(process.execPath, ['--import', 'tsx', MAIN, 'server', 'run', '--config', bad], { env }).catch((e) => e);
+    const r = await keel(['server', 'run', '--config', bad], env).catch((e) => e);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/server\.trust_domain/);
     expect(r.stderr).toMatch(/server\.listen/);

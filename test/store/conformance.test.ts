@@ -25,7 +25,7 @@ import {
   type StoreChange,
 } from '../../src/server/store/index.js';
 import { PostgresDatastore } from '../../src/server/store/postgres-datastore.js';
-import { agent, ekHash, id, sel, SERVER, tempDir, TrustDomain } from './helpers.js';
+import { agent, attestation, ekHash, id, sel, SERVER, tempDir, TrustDomain, waitFor, workload } from './helpers.js';
 import { SKIP_PG, startPgCluster, type PgCluster } from './pg-cluster.js';
 
 interface Database {
@@ -76,30 +76,6 @@ const postgres: Backend = {
 const backends = SKIP_PG ? [sqlite] : [sqlite, postgres];
 
 const nextTick = () => new Promise((r) => setTimeout(r, 0));
-
-async function waitFor(what: string, ok: () => boolean, ms: number): Promise<number> {
-  const t0 = Date.now();
-  while (!ok()) {
-    if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  return Date.now() - t0;
-}
-
-const workload = (path: string, parent = agent(1), selectors = sel('unix:uid:1000')): EntryInput => ({
-  spiffeId: id(path),
-  parentId: parent,
-  selectors,
-});
-
-const attestation = (n: number, serial = '01'): NodeAttestation => ({
-  agentId: agent(n),
-  ekPublicHash: ekHash(n),
-  akName: '000b' + 'aa'.repeat(32),
-  selectors: sel('tpm:policy:secure-boot', `tpm:ek-hash:${ekHash(n)}`),
-  svid: { serial, notAfter: new Date('2030-01-02T00:00:00Z') },
-  quote: { clock: 1000n, resetCount: 1, restartCount: 0 },
-});
 
 const ids = (es: readonly RegistrationEntry[]) => es.map((e) => e.id).sort();
 const nonce = (i: number) => `nonce-${i.toString().padStart(16, '0')}`;

@@ -4,9 +4,9 @@
 import Database from 'better-sqlite3';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { ConflictError, InvalidRecordError, NodeNotActiveError, type NodeAttestation } from '../../src/server/store/index.js';
+import { ConflictError, InvalidRecordError, NodeNotActiveError } from '../../src/server/store/index.js';
 import { MIGRATIONS, migrate } from '../../src/server/store/migrations.js';
-import { agent, ekHash, openTemp, sel, tempDir, type TempStore } from './helpers.js';
+import { agent, attestation, ekHash, openTemp, tempDir, type TempStore } from './helpers.js';
 
 let t: TempStore;
 const now = new Date('2030-01-01T00:00:00Z');
@@ -15,15 +15,6 @@ beforeEach(() => {
 });
 afterEach(async () => {
   await t.cleanup();
-});
-
-const attestation = (n: number, serial = '01'): NodeAttestation => ({
-  agentId: agent(n),
-  ekPublicHash: ekHash(n),
-  akName: '000b' + 'aa'.repeat(32),
-  selectors: sel('tpm:policy:secure-boot', `tpm:ek-hash:${ekHash(n)}`),
-  svid: { serial, notAfter: new Date('2030-01-02T00:00:00Z') },
-  quote: { clock: 1000n, resetCount: 1, restartCount: 0 },
 });
 
 describe('drifted nodes', () => {

@@ -7,7 +7,7 @@ import {
   type RegistrationEntry,
   type StoreChange,
 } from '../../src/server/store/index.js';
-import { agent, id, openTemp, sel, SERVER, TrustDomain, type TempStore } from './helpers.js';
+import { agent, id, openTemp, sel, SERVER, TrustDomain, workload, type TempStore } from './helpers.js';
 
 let t: TempStore;
 beforeEach(() => {
@@ -15,12 +15,6 @@ beforeEach(() => {
 });
 afterEach(async () => {
   await t.cleanup();
-});
-
-const workload = (path: string, parent = agent(1), selectors = sel('unix:uid:1000')): EntryInput => ({
-  spiffeId: id(path),
-  parentId: parent,
-  selectors,
 });
 
 describe('entry CRUD', () => {

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { main } from '../../src/cli/main.js';
 import { SqliteDatastore, type Datastore, type StoreChange } from '../../src/server/store/index.js';
 import { PostgresDatastore } from '../../src/server/store/postgres-datastore.js';
-import { agent, ekHash, id, sel, SERVER, tempDir, TrustDomain } from './helpers.js';
+import { agent, ekHash, id, sel, SERVER, tempDir, TrustDomain, waitFor } from './helpers.js';
 import { SKIP_PG, startPgCluster, SUPERUSER, type PgCluster } from './pg-cluster.js';
 
 let c: PgCluster;
@@ -108,11 +108,12 @@ describe.skipIf(SKIP_PG)('keel server migrate-store', () => {
       expect(code).toBe(0);
       expect(String(log.mock.calls[0]?.[0])).toMatch(/^copied .* at revision \d+: entries 2, .*nodes 4, .*nonces 2/);
 
-      const t0 = Date.now();
-      while (!heard.some((h) => h.kind === 'entries' && h.revision === before.revision)) {
-        if (Date.now() - t0 > 1000) throw new Error(`the running server did not hear of the copy (${JSON.stringify(heard)})`);
-        await new Promise((r) => setTimeout(r, 10));
-      }
+      await waitFor(
+        () => `the running server to hear of the copy (heard ${JSON.stringify(heard)})`,
+        () => heard.some((h) => h.kind === 'entries' && h.revision === before.revision),
+        1000,
+        10,
+      );
       expect(await everything(running)).toEqual(before);
       expect(await running.consumeNonce('nonce-unused-000000', now)).toEqual({ kind: 'consumed', context: 'ek:a' });
       expect((await running.consumeNonce('nonce-used-00000000', now)).kind).toBe('used');

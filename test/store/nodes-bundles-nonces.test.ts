@@ -14,9 +14,8 @@ import {
   SchemaTooNewError,
   SqliteDatastore,
   StoreError,
-  type NodeAttestation,
 } from '../../src/server/store/index.js';
-import { agent, ekHash, id, openTemp, sel, tempDir, TrustDomain, type TempStore } from './helpers.js';
+import { agent, attestation, ekHash, id, openTemp, sel, tempDir, TrustDomain, type TempStore } from './helpers.js';
 
 let t: TempStore;
 let now = new Date('2030-01-01T00:00:00Z');
@@ -26,15 +25,6 @@ beforeEach(() => {
 });
 afterEach(async () => {
   await t.cleanup();
-});
-
-const attestation = (n: number, serial = '01'): NodeAttestation => ({
-  agentId: agent(n),
-  ekPublicHash: ekHash(n),
-  akName: '000b' + 'aa'.repeat(32),
-  selectors: sel('tpm:policy:secure-boot', `tpm:ek-hash:${ekHash(n)}`),
-  svid: { serial, notAfter: new Date('2030-01-02T00:00:00Z') },
-  quote: { clock: 1000n, resetCount: 1, restartCount: 0 },
 });
 
 describe('attested nodes', () => {

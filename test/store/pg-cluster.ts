@@ -14,11 +14,11 @@
  */
 import { execFile, execFileSync } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
 import pg from 'pg';
+import { freePort } from '../../simulator/ports.js';
 import type { PostgresConnectionOptions } from '../../src/server/store/pg-connection.js';
 
 const run = promisify(execFile);
@@ -80,17 +80,6 @@ function runAsUser(): RunAs | undefined {
     }
   }
   throw new Error('running as root, and neither a postgres nor a nobody user exists to run PostgreSQL as');
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => (typeof addr === 'object' && addr ? resolve(addr.port) : reject(new Error('no port'))));
-    });
-  });
 }
 
 function own(path: string, as: RunAs | undefined, mode: number): void {

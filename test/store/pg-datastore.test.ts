@@ -14,8 +14,8 @@ import { LATEST_SCHEMA_VERSION, SchemaTooNewError, StoreError, type StoreChange 
 import { clientConfig, type PostgresConnectionOptions } from '../../src/server/store/pg-connection.js';
 import { MIGRATION_LOCK, migratePostgres, PG_LATEST_SCHEMA_VERSION, PG_MIGRATIONS } from '../../src/server/store/pg-migrations.js';
 import { PostgresDatastore } from '../../src/server/store/postgres-datastore.js';
-import { agent, id, sel } from './helpers.js';
-import { SKIP_PG, startPgCluster, type PgCluster } from './pg-cluster.js';
+import { agent, id, sel, TrustDomain, waitFor } from './helpers.js';
+import { SKIP_PG, startPgCluster, SUPERUSER, type PgCluster } from './pg-cluster.js';
 
 let c: PgCluster;
 const opened: PostgresDatastore[] = [];
@@ -73,7 +73,7 @@ describe.skipIf(SKIP_PG)('migrations', () => {
 
   it('gives up waiting for another server\u2019s migration lock with a StoreError that says so', async () => {
     const db = await c.createDatabase();
-    const holder = new pg.Client({ host: c.socketDir, port: c.port, user: 'keel_test', database: db });
+    const holder = new pg.Client({ host: c.socketDir, port: c.port, user: SUPERUSER, database: db });
     await holder.connect();
     try {
       await holder.query('SELECT pg_advisory_lock($1, $2)', [...MIGRATION_LOCK]);
@@ -88,11 +88,11 @@ describe.skipIf(SKIP_PG)('migrations', () => {
 
   it('rolls a failed migration back whole, releases the lock, and refuses a newer schema', async () => {
     const db = await c.createDatabase();
-    const client = new pg.Client({ host: c.socketDir, port: c.port, user: 'keel_test', database: db });
+    const client = new pg.Client({ host: c.socketDir, port: c.port, user: SUPERUSER, database: db });
     await client.connect();
     try {
       const broken = [...PG_MIGRATIONS, { version: PG_LATEST_SCHEMA_VERSION + 1, description: 'broken', sql: 'CREATE TABLE half (a int); SELECT 1 / 0;' }];
-      const err = await failure(migratePostgres(client as unknown as pg.PoolClient, broken));
+      const err = await failure(migratePostgres(client, broken));
       expect(err).toBeInstanceOf(StoreError);
       expect((err as Error).message).toContain(`schema version ${PG_LATEST_SCHEMA_VERSION + 1} (broken)`);
       expect((await c.sql<{ v: number }>(db, 'SELECT max(version) AS v FROM schema_version'))[0]!.v).toBe(PG_LATEST_SCHEMA_VERSION);
@@ -229,20 +229,17 @@ describe.skipIf(SKIP_PG)('dropped connections', () => {
     );
     expect(killed.length).toBe(2); // a's and b's listeners
     const missed = await a.createEntry({ spiffeId: id('/missed'), parentId: agent(1), selectors: sel('unix:uid:1') });
-    const t0 = Date.now();
-    while (!seen.some((ch) => ch.kind === 'entries' && ch.revision >= missed.revision)) {
-      if (Date.now() - t0 > 5000) throw new Error(`no catch-up change after 5 s (saw ${JSON.stringify(seen)})`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    await waitFor(
+      () => `the catch-up change (saw ${JSON.stringify(seen)})`,
+      () => seen.some((ch) => ch.kind === 'entries' && ch.revision >= missed.revision),
+      5000,
+      20,
+    );
     // and it listens again
     seen.length = 0;
-    const later = await a.setFederatedBundle((await import('../../src/spiffe/id.js')).TrustDomain.parse('p.test'), '{"keys":[]}');
+    const later = await a.setFederatedBundle(TrustDomain.parse('p.test'), '{"keys":[]}');
     expect(later.trustDomain.name).toBe('p.test');
-    const t1 = Date.now();
-    while (!seen.some((ch) => ch.kind === 'bundles')) {
-      if (Date.now() - t1 > 1000) throw new Error('the feed did not resume within a second');
-      await new Promise((r) => setTimeout(r, 10));
-    }
+    await waitFor('the feed to resume (a bundles change)', () => seen.some((ch) => ch.kind === 'bundles'), 1000, 10);
   });
 
   it('the pool replaces connections the server terminated', async () => {

@@ -4,11 +4,11 @@
  * with the same typed error.
  */
 import { SpiffeId } from '../../spiffe/id.js';
-import { ConflictError, InvalidRecordError } from './errors.js';
+import { ConflictError, InvalidRecordError, NodeBannedError, NodeNotActiveError, NotFoundError } from './errors.js';
+import type { NodeRow } from './rows.js';
 import { formatSelector } from './selectors.js';
 import type { EntryChanges, NodeAttestation, PageRequest, QuoteClock, RegistrationEntry, SvidRef } from './types.js';
-import type { NormalizedEntry } from './validate.js';
-import { normalizeEntry } from './validate.js';
+import { checkNoNul, normalizeEntry, type NormalizedEntry } from './validate.js';
 
 export const DEFAULT_PAGE = 100;
 export const MAX_PAGE = 1000;
@@ -43,12 +43,6 @@ export function pageLimit(page: PageRequest | undefined): number {
 export function validDate(field: string, d: unknown): Date {
   if (!(d instanceof Date) || Number.isNaN(d.getTime())) throw new InvalidRecordError(field, 'not a valid Date');
   return d;
-}
-
-/** Text the store keeps must be storable everywhere: PostgreSQL's text cannot hold U+0000. */
-export function checkNoNul(field: string, text: string): string {
-  if (text.includes('\u0000')) throw new InvalidRecordError(field, 'contains a NUL character');
-  return text;
 }
 
 export function checkJwks(field: string, text: string): void {
@@ -141,6 +135,33 @@ export function checkNonce(nonce: string, expiresAt: Date, context: string): num
   if (typeof context !== 'string' || context.length > 4096) throw new InvalidRecordError('context', 'must be at most 4096 characters');
   checkNoNul('context', context);
   return validDate('expiresAt', expiresAt).getTime();
+}
+
+/**
+ * The node as stored (read inside the write) must be active to renew or to
+ * drift, and still hold `ifSvidSerial` when one is given. `meanwhile` ends the
+ * conflict's message.
+ */
+export function requireActiveNode(row: NodeRow | undefined, id: string, ifSvidSerial: string | undefined, meanwhile = ''): NodeRow {
+  if (!row) throw new NotFoundError('node', id);
+  if (row.status === 'banned') throw new NodeBannedError(id, row.banned_reason ?? '');
+  if (row.status !== 'active') throw new NodeNotActiveError(id, row.status === 'drifted' ? 'drifted' : 'evicted');
+  if (ifSvidSerial !== undefined && ifSvidSerial !== row.svid_serial) {
+    throw new ConflictError(`${id} no longer holds SVID ${ifSvidSerial}${meanwhile}`, id);
+  }
+  return row;
+}
+
+/** The administrative and policy moves of a node's status, and the status each leads to. */
+export const NODE_STATUS_AFTER = { evict: 'evicted', unban: 'evicted', ban: 'banned', drift: 'drifted' } as const;
+export type NodeStatusChange = keyof typeof NODE_STATUS_AFTER;
+
+/** Whether `change` may apply to the node as stored (read inside the write); the typed error when not. */
+export function checkNodeStatusChange(row: NodeRow | undefined, id: string, change: NodeStatusChange, ifSvidSerial?: string): void {
+  if (!row) throw new NotFoundError('node', id);
+  if (change === 'evict' && row.status === 'banned') throw new ConflictError(`${id} is banned; unban it instead`, id);
+  if (change === 'unban' && row.status !== 'banned') throw new ConflictError(`${id} is not banned`, id);
+  if (change === 'drift') requireActiveNode(row, id, ifSvidSerial);
 }
 
 /** An existing entry with the changes applied, checked and in canonical form. */

@@ -14,8 +14,8 @@ import pg from 'pg';
 import { StoreError } from './errors.js';
 import { LATEST_SCHEMA_VERSION } from './migrations.js';
 import { clientConfig, type PostgresConnectionOptions } from './pg-connection.js';
-import { PG_LATEST_SCHEMA_VERSION } from './pg-migrations.js';
-import { CHANGE_CHANNEL, PostgresDatastore } from './postgres-datastore.js';
+import { migratePostgres, PG_LATEST_SCHEMA_VERSION } from './pg-migrations.js';
+import { CHANGE_CHANNEL } from './postgres-datastore.js';
 import { SqliteDatastore } from './sqlite-datastore.js';
 
 /** In an order that satisfies the foreign keys. */
@@ -44,13 +44,13 @@ export async function copySqliteToPostgres(sqlitePath: string, target: PostgresC
   }
   // Bring both to the latest schema with the stores' own migrations.
   await (SqliteDatastore.open({ path: sqlitePath, busyTimeoutMs: 10_000 })).close();
-  await (await PostgresDatastore.open({ ...target, poolSize: 1 })).close();
 
   const src = new Database(sqlitePath, { readonly: true, fileMustExist: true });
   const { max: _max, ...config } = clientConfig(target);
   const dst = new pg.Client(config);
   try {
     await dst.connect();
+    await migratePostgres(dst);
     await dst.query('BEGIN');
     try {
       const head = (await dst.query<{ revision: number }>('SELECT revision FROM store_revision WHERE id = 1 FOR UPDATE')).rows[0];

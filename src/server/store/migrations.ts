@@ -160,7 +160,24 @@ export const MIGRATIONS: readonly Migration[] = [
   },
 ];
 
-export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;
+export const LATEST_SCHEMA_VERSION = latestVersion(MIGRATIONS);
+
+/** The version the last of `migrations` brings a database to (0 for none). */
+export function latestVersion(migrations: readonly Migration[]): number {
+  return migrations.length ? migrations[migrations.length - 1]!.version : 0;
+}
+
+/**
+ * Read under the migration lock, with the database at version `now`: whether
+ * `m` is still to apply. Throws SchemaTooNewError for a database from a newer
+ * keel, StoreError for a gap. The rule of both backends.
+ */
+export function stillToApply(now: number, m: Migration, latest: number): boolean {
+  if (now > latest) throw new SchemaTooNewError(now, latest);
+  if (now >= m.version) return false;
+  if (now !== m.version - 1) throw new StoreError(`schema version ${now} cannot be migrated to ${m.version}`);
+  return true;
+}
 
 function readVersion(db: Database): number {
   const row = db.prepare('SELECT max(version) AS v FROM schema_version').get() as { v: number | null };
@@ -169,7 +186,7 @@ function readVersion(db: Database): number {
 
 /** Brings the database to the latest version; refuses one from a newer keel. */
 export function migrate(db: Database, migrations: readonly Migration[] = MIGRATIONS): number {
-  const latest = migrations.length ? migrations[migrations.length - 1]!.version : 0;
+  const latest = latestVersion(migrations);
   db.exec('CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)');
   const found = readVersion(db);
   if (found > latest) throw new SchemaTooNewError(found, latest);
@@ -180,8 +197,11 @@ export function migrate(db: Database, migrations: readonly Migration[] = MIGRATI
   db.pragma('foreign_keys = OFF');
   try {
     runMigrations(db, migrations, latest);
-    const broken = db.pragma('foreign_key_check') as unknown[];
-    if (broken.length) throw new StoreError(`the migrated database breaks ${broken.length} foreign key(s)`);
+    const broken = db.pragma('foreign_key_check') as { table: string; parent: string }[];
+    if (broken.length) {
+      const where = [...new Set(broken.map((b) => `${b.table} → ${b.parent}`))].join(', ');
+      throw new StoreError(`the migrated database breaks ${broken.length} foreign key(s): ${where}`);
+    }
   } finally {
     if (fk) db.pragma('foreign_keys = ON');
   }
@@ -192,10 +212,7 @@ function runMigrations(db: Database, migrations: readonly Migration[], latest: n
   for (const m of migrations) {
     const step = db.transaction(() => {
       // Re-read under the write lock: another process may have migrated meanwhile.
-      const now = readVersion(db);
-      if (now > latest) throw new SchemaTooNewError(now, latest);
-      if (now >= m.version) return;
-      if (now !== m.version - 1) throw new StoreError(`schema version ${now} cannot be migrated to ${m.version}`);
+      if (!stillToApply(readVersion(db), m, latest)) return;
       db.exec(m.sql);
       db.prepare('INSERT INTO schema_version (version, applied_at) VALUES (?, ?)').run(m.version, Date.now());
     });

@@ -11,9 +11,9 @@
  * held, so no other connection of the pool is ever waited for (the deadlock
  * SPIRE met when a migration waited on its own pool).
  */
-import type { PoolClient } from 'pg';
+import type { ClientBase } from 'pg';
 import { SchemaTooNewError, StoreError } from './errors.js';
-import type { Migration } from './migrations.js';
+import { latestVersion, stillToApply, type Migration } from './migrations.js';
 
 export const PG_MIGRATIONS: readonly Migration[] = [
   {
@@ -137,12 +137,12 @@ export const PG_MIGRATIONS: readonly Migration[] = [
   },
 ];
 
-export const PG_LATEST_SCHEMA_VERSION = PG_MIGRATIONS[PG_MIGRATIONS.length - 1]!.version;
+export const PG_LATEST_SCHEMA_VERSION = latestVersion(PG_MIGRATIONS);
 
 /** pg_advisory_lock(int, int) key: 'keel' and the migration lock's number. */
 export const MIGRATION_LOCK: readonly [number, number] = [0x6b65656c, 1];
 
-async function readVersion(client: PoolClient): Promise<number> {
+async function readVersion(client: ClientBase): Promise<number> {
   const exists = await client.query<{ t: string | null }>(`SELECT to_regclass('schema_version')::text AS t`);
   if (exists.rows[0]?.t == null) return 0;
   const r = await client.query<{ v: number | null }>('SELECT max(version) AS v FROM schema_version');
@@ -161,11 +161,11 @@ export interface PgMigrateOptions {
  * own); refuses one written by a newer keel. Returns the version found at the end.
  */
 export async function migratePostgres(
-  client: PoolClient,
+  client: ClientBase,
   migrations: readonly Migration[] = PG_MIGRATIONS,
   options: PgMigrateOptions = {},
 ): Promise<number> {
-  const latest = migrations.length ? migrations[migrations.length - 1]!.version : 0;
+  const latest = latestVersion(migrations);
   // Fast path: a restart on a migrated database takes no lock.
   const seen = await readVersion(client);
   if (seen > latest) throw new SchemaTooNewError(seen, latest);
@@ -185,10 +185,7 @@ export async function migratePostgres(
     await client.query('CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)');
     for (const m of migrations) {
       // Read again under the lock: another server may have migrated meanwhile.
-      const now = await readVersion(client);
-      if (now > latest) throw new SchemaTooNewError(now, latest);
-      if (now >= m.version) continue;
-      if (now !== m.version - 1) throw new StoreError(`schema version ${now} cannot be migrated to ${m.version}`);
+      if (!stillToApply(await readVersion(client), m, latest)) continue;
       await client.query('BEGIN');
       try {
         await client.query(m.sql);

@@ -26,37 +26,28 @@ import {
   checkCaJournal,
   checkDriftReason,
   checkJwks,
+  checkNodeStatusChange,
   checkNonce,
   checkQuote,
   checkRefreshHint,
   checkSequence,
   checkSvid,
-  decodeCursor,
   duplicateEntryError,
-  encodeCursor,
   entryValues,
-  isEntryCursor,
-  isNodeCursor,
   mergeEntryChanges,
-  pageLimit,
+  NODE_STATUS_AFTER,
+  requireActiveNode,
   TOMBSTONE_RETENTION_MS,
   validDate,
+  type NodeStatusChange,
 } from './checks.js';
 import { EntryIndex } from './entry-index.js';
-import {
-  ConflictError,
-  InvalidRecordError,
-  NodeBannedError,
-  NodeNotActiveError,
-  NotFoundError,
-  StoreError,
-  StoreFullError,
-} from './errors.js';
+import { ConflictError, InvalidRecordError, NodeBannedError, NotFoundError, StoreError, StoreFullError } from './errors.js';
+import { entryListQuery, nodeListQuery, pageOf } from './list-sql.js';
 import { clientConfig, describeConnection, type PostgresConnectionOptions } from './pg-connection.js';
 import { migratePostgres, PG_MIGRATIONS, type PgMigrateOptions } from './pg-migrations.js';
 import { RowDecoder, type BundleRow, type EntryRow, type NodeRow } from './rows.js';
 import { formatSelector, normalizeSelectors, selectorSetKey, type Selector } from './selectors.js';
-import { setMatchSql } from './set-match-sql.js';
 import type {
   AttestedNode,
   AuthorizedEntries,
@@ -491,56 +482,9 @@ export class PostgresDatastore implements Datastore {
 
   listEntries(filter: EntryFilter = {}, page?: PageRequest): Promise<Page<RegistrationEntry>> {
     return this.guard(async () => {
-      const limit = pageLimit(page);
-      const where: string[] = [];
-      const params: unknown[] = [];
-      if (page?.cursor !== undefined) {
-        where.push('e.id > ?');
-        params.push(decodeCursor(page.cursor, isEntryCursor));
-      }
-      if (filter.parentId) {
-        where.push('e.parent_id = ?');
-        params.push(filter.parentId.toString());
-      }
-      if (filter.spiffeId) {
-        where.push('e.spiffe_id = ?');
-        params.push(filter.spiffeId.toString());
-      }
-      if (filter.hint !== undefined) {
-        where.push('e.hint = ?');
-        params.push(filter.hint);
-      }
-      if (filter.downstream !== undefined) {
-        where.push('e.downstream = ?');
-        params.push(filter.downstream ? 1 : 0);
-      }
-      if (filter.selectors) {
-        const sel = normalizeSelectors(filter.selectors.selectors, 'filter.selectors');
-        const m = setMatchSql(
-          { table: 'entry_selectors', ownerColumn: 'entry_id', valueColumn: 'selector', ownerKey: 'e.id', canonicalColumn: 'e.selectors_key' },
-          filter.selectors.match,
-          sel.map(formatSelector),
-          selectorSetKey(sel),
-        );
-        where.push(m.sql);
-        params.push(...m.params);
-      }
-      if (filter.federatesWith) {
-        const names = [...new Set(filter.federatesWith.trustDomains.map((t) => t.name))].sort();
-        const m = setMatchSql(
-          { table: 'entry_federates_with', ownerColumn: 'entry_id', valueColumn: 'trust_domain', ownerKey: 'e.id', canonicalColumn: 'e.federates_key' },
-          filter.federatesWith.match,
-          names,
-          JSON.stringify(names),
-        );
-        where.push(m.sql);
-        params.push(...m.params);
-      }
-      const sql = `SELECT e.* FROM entries e ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY e.id LIMIT ?`;
-      const rows = await this.read((tx) => tx.dynamic<EntryRow>(sql, [...params, limit + 1]));
-      const more = rows.length > limit;
-      const items = rows.slice(0, limit).map((r) => this.decoder.entry(r));
-      return { items, nextCursor: more ? encodeCursor(items[items.length - 1]!.id) : undefined };
+      const q = entryListQuery(filter, page);
+      const rows = await this.read((tx) => tx.dynamic<EntryRow>(q.sql, q.params));
+      return pageOf(rows, q.limit, (r) => this.decoder.entry(r), (e) => e.id);
     });
   }
 
@@ -683,13 +627,7 @@ export class PostgresDatastore implements Datastore {
       const svid = checkSvid(r.svid);
       const q = checkQuote(r.quote);
       return this.write('nodes', async (tx, revision) => {
-        const row = await this.nodeRow(tx, agentId);
-        if (!row) throw new NotFoundError('node', id);
-        if (row.status === 'banned') throw new NodeBannedError(id, row.banned_reason ?? '');
-        if (row.status !== 'active') throw new NodeNotActiveError(id, row.status === 'drifted' ? 'drifted' : 'evicted');
-        if (r.ifSvidSerial !== undefined && r.ifSvidSerial !== row.svid_serial) {
-          throw new ConflictError(`${id} no longer holds SVID ${r.ifSvidSerial} (renewed meanwhile)`, id);
-        }
+        requireActiveNode(await this.nodeRow(tx, agentId), id, r.ifSvidSerial, ' (renewed meanwhile)');
         await tx.run(
           `UPDATE nodes SET selectors_key = ?, svid_serial = ?, svid_not_after = ?, quote_clock = ?, quote_reset_count = ?,
              quote_restart_count = ?, last_seen = ?, revision = ? WHERE agent_id = ?`,
@@ -725,102 +663,49 @@ export class PostgresDatastore implements Datastore {
 
   listNodes(filter: NodeFilter = {}, page?: PageRequest): Promise<Page<AttestedNode>> {
     return this.guard(async () => {
-      const limit = pageLimit(page);
-      const where: string[] = [];
-      const params: unknown[] = [];
-      if (page?.cursor !== undefined) {
-        where.push('n.agent_id > ?');
-        params.push(decodeCursor(page.cursor, isNodeCursor));
-      }
-      if (filter.status !== undefined) {
-        where.push('n.status = ?');
-        params.push(filter.status);
-      }
-      if (filter.lastSeenBefore !== undefined) {
-        where.push('n.last_seen < ?');
-        params.push(validDate('lastSeenBefore', filter.lastSeenBefore).getTime());
-      }
-      if (filter.selectors) {
-        const sel = normalizeSelectors(filter.selectors.selectors, 'filter.selectors');
-        const m = setMatchSql(
-          { table: 'node_selectors', ownerColumn: 'agent_id', valueColumn: 'selector', ownerKey: 'n.agent_id', canonicalColumn: 'n.selectors_key' },
-          filter.selectors.match,
-          sel.map(formatSelector),
-          selectorSetKey(sel),
-        );
-        where.push(m.sql);
-        params.push(...m.params);
-      }
-      const sql = `SELECT n.* FROM nodes n ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY n.agent_id LIMIT ?`;
-      const rows = await this.read((tx) => tx.dynamic<NodeRow>(sql, [...params, limit + 1]));
-      const more = rows.length > limit;
-      const items = rows.slice(0, limit).map((r) => this.decoder.node(r));
-      return { items, nextCursor: more ? encodeCursor(items[items.length - 1]!.agentId.toString()) : undefined };
+      const q = nodeListQuery(filter, page);
+      const rows = await this.read((tx) => tx.dynamic<NodeRow>(q.sql, q.params));
+      return pageOf(rows, q.limit, (r) => this.decoder.node(r), (n) => n.agentId.toString());
     });
   }
 
-  /** Inside a write: moves a node to evicted, banned or drifted; the SVID it held stops being renewable. */
-  private async setNodeStatus(tx: Tx, revision: number, agentId: SpiffeId, to: 'evicted' | 'banned' | 'drifted', reason: string | null): Promise<AttestedNode> {
-    const id = agentId.toString();
-    const n = await tx.run(
-      `UPDATE nodes SET status = ?, status_since = CASE WHEN status = ? THEN status_since ELSE ? END, banned_reason = ?,
-         svid_serial = NULL, svid_not_after = NULL, revision = ? WHERE agent_id = ?`,
-      to,
-      to,
-      this.clock().getTime(),
-      reason,
-      revision,
-      id,
-    );
-    if (n === 0) throw new NotFoundError('node', id);
-    return this.nodeAfterWrite(tx, agentId);
+  /**
+   * One write: the node as stored must allow `change` (checkNodeStatusChange);
+   * it then leaves active, and the SVID it held stops being renewable.
+   */
+  private changeNodeStatus(agentId: SpiffeId, change: NodeStatusChange, reason: string | null, ifSvidSerial?: string): Promise<AttestedNode> {
+    const id = checkAgentId(agentId).toString();
+    const to = NODE_STATUS_AFTER[change];
+    return this.write('nodes', async (tx, revision) => {
+      checkNodeStatusChange(await this.nodeRow(tx, agentId), id, change, ifSvidSerial);
+      await tx.run(
+        `UPDATE nodes SET status = ?, status_since = CASE WHEN status = ? THEN status_since ELSE ? END, banned_reason = ?,
+           svid_serial = NULL, svid_not_after = NULL, revision = ? WHERE agent_id = ?`,
+        to,
+        to,
+        this.clock().getTime(),
+        reason,
+        revision,
+        id,
+      );
+      return this.nodeAfterWrite(tx, agentId);
+    });
   }
 
   evictNode(agentId: SpiffeId): Promise<AttestedNode> {
-    return this.guard(async () => {
-      checkAgentId(agentId);
-      return this.write('nodes', async (tx, revision) => {
-        const row = await this.nodeRow(tx, agentId);
-        if (row?.status === 'banned') throw new ConflictError(`${agentId.toString()} is banned; unban it instead`, agentId.toString());
-        return this.setNodeStatus(tx, revision, agentId, 'evicted', null);
-      });
-    });
+    return this.guard(() => this.changeNodeStatus(agentId, 'evict', null));
   }
 
   banNode(agentId: SpiffeId, reason: string): Promise<AttestedNode> {
-    return this.guard(async () => {
-      const why = checkBanReason(reason);
-      checkAgentId(agentId);
-      return this.write('nodes', (tx, revision) => this.setNodeStatus(tx, revision, agentId, 'banned', why));
-    });
+    return this.guard(() => this.changeNodeStatus(agentId, 'ban', checkBanReason(reason)));
   }
 
   markNodeDrifted(agentId: SpiffeId, reason: string, options: { readonly ifSvidSerial?: string } = {}): Promise<AttestedNode> {
-    return this.guard(async () => {
-      checkDriftReason(reason);
-      const id = checkAgentId(agentId).toString();
-      return this.write('nodes', async (tx, revision) => {
-        const row = await this.nodeRow(tx, agentId);
-        if (!row) throw new NotFoundError('node', id);
-        if (row.status === 'banned') throw new NodeBannedError(id, row.banned_reason ?? '');
-        if (row.status !== 'active') throw new NodeNotActiveError(id, row.status === 'drifted' ? 'drifted' : 'evicted');
-        if (options.ifSvidSerial !== undefined && options.ifSvidSerial !== row.svid_serial) {
-          throw new ConflictError(`${id} no longer holds SVID ${options.ifSvidSerial}`, id);
-        }
-        return this.setNodeStatus(tx, revision, agentId, 'drifted', reason);
-      });
-    });
+    return this.guard(() => this.changeNodeStatus(agentId, 'drift', checkDriftReason(reason), options.ifSvidSerial));
   }
 
   unbanNode(agentId: SpiffeId): Promise<AttestedNode> {
-    return this.guard(async () => {
-      checkAgentId(agentId);
-      return this.write('nodes', async (tx, revision) => {
-        const row = await this.nodeRow(tx, agentId);
-        if (row && row.status !== 'banned') throw new ConflictError(`${agentId.toString()} is not banned`, agentId.toString());
-        return this.setNodeStatus(tx, revision, agentId, 'evicted', null);
-      });
-    });
+    return this.guard(() => this.changeNodeStatus(agentId, 'unban', null));
   }
 
   // ── bundles ───────────────────────────────────────────────────────────────
@@ -841,7 +726,6 @@ export class PostgresDatastore implements Datastore {
     return this.guard(async () => {
       checkJwks('jwks', jwks);
       checkSequence(sequence);
-      if (!(trustDomain instanceof TrustDomain)) throw new InvalidRecordError('trustDomain', 'not a TrustDomain');
       return this.write('bundles', async (tx) => {
         const row = await this.bundleRow(tx, trustDomain);
         if (row?.kind === 'federated') throw new ConflictError(`${trustDomain.name} is a federated trust domain`);
@@ -876,7 +760,6 @@ export class PostgresDatastore implements Datastore {
     return this.guard(async () => {
       checkJwks('jwks', jwks);
       checkRefreshHint(refreshHint);
-      if (!(trustDomain instanceof TrustDomain)) throw new InvalidRecordError('trustDomain', 'not a TrustDomain');
       return this.write('bundles', async (tx) => {
         const row = await this.bundleRow(tx, trustDomain);
         if (row?.kind === 'own') throw new ConflictError(`${trustDomain.name} is this store's own trust domain`);
@@ -904,7 +787,6 @@ export class PostgresDatastore implements Datastore {
 
   deleteFederatedBundle(trustDomain: TrustDomain): Promise<void> {
     return this.guard(async () => {
-      if (!(trustDomain instanceof TrustDomain)) throw new InvalidRecordError('trustDomain', 'not a TrustDomain');
       await this.write('bundles', async (tx) => {
         const row = await this.bundleRow(tx, trustDomain);
         if (row?.kind !== 'federated') throw new NotFoundError('bundle', trustDomain.name);

@@ -9,7 +9,7 @@ import Database from 'better-sqlite3';
 import type { Database as Db, Statement } from 'better-sqlite3';
 import { SpiffeId, TrustDomain } from '../../spiffe/id.js';
 import { EntryIndex } from './entry-index.js';
-import { ConflictError, InvalidRecordError, NodeBannedError, NodeNotActiveError, NotFoundError, StoreError, StoreFullError } from './errors.js';
+import { ConflictError, InvalidRecordError, NodeBannedError, NotFoundError, StoreError, StoreFullError } from './errors.js';
 import {
   checkAgentId,
   checkAttestationKeys,
@@ -17,26 +17,25 @@ import {
   checkCaJournal,
   checkDriftReason,
   checkJwks,
+  checkNodeStatusChange,
   checkNonce,
   checkQuote,
   checkRefreshHint,
   checkSequence,
   checkSvid,
-  decodeCursor,
   duplicateEntryError,
-  encodeCursor,
   entryValues,
-  isEntryCursor,
-  isNodeCursor,
   mergeEntryChanges,
-  pageLimit,
+  NODE_STATUS_AFTER,
+  requireActiveNode,
   TOMBSTONE_RETENTION_MS,
   validDate,
+  type NodeStatusChange,
 } from './checks.js';
+import { entryListQuery, nodeListQuery, pageOf } from './list-sql.js';
 import { migrate } from './migrations.js';
 import { RowDecoder, type BundleRow, type EntryRow, type NodeRow } from './rows.js';
 import { formatSelector, normalizeSelectors, selectorSetKey, type Selector } from './selectors.js';
-import { setMatchSql } from './set-match-sql.js';
 import type {
   AttestedNode,
   AuthorizedEntries,
@@ -311,56 +310,9 @@ export class SqliteDatastore implements Datastore {
 
   listEntries(filter: EntryFilter = {}, page?: PageRequest): Promise<Page<RegistrationEntry>> {
     return this.run(() => {
-      const limit = pageLimit(page);
-      const where: string[] = [];
-      const params: unknown[] = [];
-      if (page?.cursor !== undefined) {
-        where.push('e.id > ?');
-        params.push(decodeCursor(page.cursor, isEntryCursor));
-      }
-      if (filter.parentId) {
-        where.push('e.parent_id = ?');
-        params.push(filter.parentId.toString());
-      }
-      if (filter.spiffeId) {
-        where.push('e.spiffe_id = ?');
-        params.push(filter.spiffeId.toString());
-      }
-      if (filter.hint !== undefined) {
-        where.push('e.hint = ?');
-        params.push(filter.hint);
-      }
-      if (filter.downstream !== undefined) {
-        where.push('e.downstream = ?');
-        params.push(filter.downstream ? 1 : 0);
-      }
-      if (filter.selectors) {
-        const sel = normalizeSelectors(filter.selectors.selectors, 'filter.selectors');
-        const m = setMatchSql(
-          { table: 'entry_selectors', ownerColumn: 'entry_id', valueColumn: 'selector', ownerKey: 'e.id', canonicalColumn: 'e.selectors_key' },
-          filter.selectors.match,
-          sel.map(formatSelector),
-          selectorSetKey(sel),
-        );
-        where.push(m.sql);
-        params.push(...m.params);
-      }
-      if (filter.federatesWith) {
-        const names = [...new Set(filter.federatesWith.trustDomains.map((t) => t.name))].sort();
-        const m = setMatchSql(
-          { table: 'entry_federates_with', ownerColumn: 'entry_id', valueColumn: 'trust_domain', ownerKey: 'e.id', canonicalColumn: 'e.federates_key' },
-          filter.federatesWith.match,
-          names,
-          JSON.stringify(names),
-        );
-        where.push(m.sql);
-        params.push(...m.params);
-      }
-      const sql = `SELECT e.* FROM entries e ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY e.id LIMIT ?`;
-      const rows = this.db.prepare(sql).all(...params, limit + 1) as EntryRow[];
-      const more = rows.length > limit;
-      const items = rows.slice(0, limit).map((r) => this.decoder.entry(r));
-      return { items, nextCursor: more ? encodeCursor(items[items.length - 1]!.id) : undefined };
+      const q = entryListQuery(filter, page);
+      const rows = this.db.prepare(q.sql).all(...q.params) as EntryRow[];
+      return pageOf(rows, q.limit, (r) => this.decoder.entry(r), (e) => e.id);
     });
   }
 
@@ -478,13 +430,7 @@ export class SqliteDatastore implements Datastore {
       const svid = checkSvid(r.svid);
       const q = checkQuote(r.quote);
       return this.write(() => {
-        const row = this.nodeRow(agentId);
-        if (!row) throw new NotFoundError('node', id);
-        if (row.status === 'banned') throw new NodeBannedError(id, row.banned_reason ?? '');
-        if (row.status !== 'active') throw new NodeNotActiveError(id, row.status === 'drifted' ? 'drifted' : 'evicted');
-        if (r.ifSvidSerial !== undefined && r.ifSvidSerial !== row.svid_serial) {
-          throw new ConflictError(`${id} no longer holds SVID ${r.ifSvidSerial} (renewed meanwhile)`, id);
-        }
+        requireActiveNode(this.nodeRow(agentId), id, r.ifSvidSerial, ' (renewed meanwhile)');
         const revision = this.bump('nodes');
         this.stmt(
           `UPDATE nodes SET selectors_key = ?, svid_serial = ?, svid_not_after = ?, quote_clock = ?, quote_reset_count = ?,
@@ -512,46 +458,21 @@ export class SqliteDatastore implements Datastore {
 
   listNodes(filter: NodeFilter = {}, page?: PageRequest): Promise<Page<AttestedNode>> {
     return this.run(() => {
-      const limit = pageLimit(page);
-      const where: string[] = [];
-      const params: unknown[] = [];
-      if (page?.cursor !== undefined) {
-        where.push('n.agent_id > ?');
-        params.push(decodeCursor(page.cursor, isNodeCursor));
-      }
-      if (filter.status !== undefined) {
-        where.push('n.status = ?');
-        params.push(filter.status);
-      }
-      if (filter.lastSeenBefore !== undefined) {
-        where.push('n.last_seen < ?');
-        params.push(validDate('lastSeenBefore', filter.lastSeenBefore).getTime());
-      }
-      if (filter.selectors) {
-        const sel = normalizeSelectors(filter.selectors.selectors, 'filter.selectors');
-        const m = setMatchSql(
-          { table: 'node_selectors', ownerColumn: 'agent_id', valueColumn: 'selector', ownerKey: 'n.agent_id', canonicalColumn: 'n.selectors_key' },
-          filter.selectors.match,
-          sel.map(formatSelector),
-          selectorSetKey(sel),
-        );
-        where.push(m.sql);
-        params.push(...m.params);
-      }
-      const sql = `SELECT n.* FROM nodes n ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY n.agent_id LIMIT ?`;
-      const rows = this.db.prepare(sql).all(...params, limit + 1) as NodeRow[];
-      const more = rows.length > limit;
-      const items = rows.slice(0, limit).map((r) => this.decoder.node(r));
-      return { items, nextCursor: more ? encodeCursor(items[items.length - 1]!.agentId.toString()) : undefined };
+      const q = nodeListQuery(filter, page);
+      const rows = this.db.prepare(q.sql).all(...q.params) as NodeRow[];
+      return pageOf(rows, q.limit, (r) => this.decoder.node(r), (n) => n.agentId.toString());
     });
   }
 
-  /** Moves a node to evicted or banned; the SVID it held stops being renewable. */
-  private setNodeStatus(agentId: SpiffeId, to: 'evicted' | 'banned' | 'drifted', reason: string | null): AttestedNode {
+  /**
+   * One write: the node as stored must allow `change` (checkNodeStatusChange);
+   * it then leaves active, and the SVID it held stops being renewable.
+   */
+  private changeNodeStatus(agentId: SpiffeId, change: NodeStatusChange, reason: string | null, ifSvidSerial?: string): AttestedNode {
     const id = checkAgentId(agentId).toString();
+    const to = NODE_STATUS_AFTER[change];
     return this.write(() => {
-      const row = this.nodeRow(agentId);
-      if (!row) throw new NotFoundError('node', id);
+      checkNodeStatusChange(this.nodeRow(agentId), id, change, ifSvidSerial);
       const revision = this.bump('nodes');
       this.stmt(
         `UPDATE nodes SET status = ?, status_since = CASE WHEN status = ? THEN status_since ELSE ? END, banned_reason = ?,
@@ -562,42 +483,19 @@ export class SqliteDatastore implements Datastore {
   }
 
   evictNode(agentId: SpiffeId): Promise<AttestedNode> {
-    return this.run(() => {
-      const row = this.nodeRow(checkAgentId(agentId));
-      if (row?.status === 'banned') throw new ConflictError(`${agentId.toString()} is banned; unban it instead`, agentId.toString());
-      return this.setNodeStatus(agentId, 'evicted', null);
-    });
+    return this.run(() => this.changeNodeStatus(agentId, 'evict', null));
   }
 
   banNode(agentId: SpiffeId, reason: string): Promise<AttestedNode> {
-    return this.run(() => {
-      return this.setNodeStatus(agentId, 'banned', checkBanReason(reason));
-    });
+    return this.run(() => this.changeNodeStatus(agentId, 'ban', checkBanReason(reason)));
   }
 
   markNodeDrifted(agentId: SpiffeId, reason: string, options: { readonly ifSvidSerial?: string } = {}): Promise<AttestedNode> {
-    return this.run(() => {
-      checkDriftReason(reason);
-      const id = checkAgentId(agentId).toString();
-      return this.write(() => {
-        const row = this.nodeRow(agentId);
-        if (!row) throw new NotFoundError('node', id);
-        if (row.status === 'banned') throw new NodeBannedError(id, row.banned_reason ?? '');
-        if (row.status !== 'active') throw new NodeNotActiveError(id, row.status === 'drifted' ? 'drifted' : 'evicted');
-        if (options.ifSvidSerial !== undefined && options.ifSvidSerial !== row.svid_serial) {
-          throw new ConflictError(`${id} no longer holds SVID ${options.ifSvidSerial}`, id);
-        }
-        return this.setNodeStatus(agentId, 'drifted', reason);
-      });
-    });
+    return this.run(() => this.changeNodeStatus(agentId, 'drift', checkDriftReason(reason), options.ifSvidSerial));
   }
 
   unbanNode(agentId: SpiffeId): Promise<AttestedNode> {
-    return this.run(() => {
-      const row = this.nodeRow(checkAgentId(agentId));
-      if (row && row.status !== 'banned') throw new ConflictError(`${agentId.toString()} is not banned`, agentId.toString());
-      return this.setNodeStatus(agentId, 'evicted', null);
-    });
+    return this.run(() => this.changeNodeStatus(agentId, 'unban', null));
   }
 
   // ── bundles ───────────────────────────────────────────────────────────────

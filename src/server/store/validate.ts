@@ -51,6 +51,12 @@ function spiffeId(field: string, v: unknown): SpiffeId {
   return v;
 }
 
+/** Text the store keeps must be storable by every backend: PostgreSQL's text cannot hold U+0000. */
+export function checkNoNul(field: string, text: string): string {
+  if (text.includes('\u0000')) throw new InvalidRecordError(field, 'contains a NUL character');
+  return text;
+}
+
 const RESERVED_PREFIX = '/keel/';
 const AGENT_ID_SHAPE = '/keel/agent/tpm/<64 hex digits>';
 const AGENT_ID_PATH = /^\/keel\/agent\/tpm\/[0-9a-f]{64}$/;
@@ -91,8 +97,7 @@ export function normalizeEntry(input: Omit<EntryInput, 'id'>): NormalizedEntry {
   if (hint !== undefined && (typeof hint !== 'string' || hint.length > MAX_HINT_LENGTH)) {
     throw new InvalidRecordError('hint', `must be a string of at most ${MAX_HINT_LENGTH} characters`);
   }
-  // PostgreSQL's text cannot hold U+0000: refused the same way by every backend.
-  if (hint?.includes('\u0000')) throw new InvalidRecordError('hint', 'contains a NUL character');
+  if (hint !== undefined) checkNoNul('hint', hint);
   const expiresAt = input.expiresAt;
   if (expiresAt !== undefined && (!(expiresAt instanceof Date) || Number.isNaN(expiresAt.getTime()))) {
     throw new InvalidRecordError('expiresAt', 'not a valid Date');
