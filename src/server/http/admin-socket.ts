@@ -1,11 +1,14 @@
 /**
  * The admin socket's file: a Unix socket of mode 0600 in a directory of mode
  * 0700, both owned by the server's user, so that only that user (and root)
- * can connect. A stale socket left by a crash is removed; a live one is not.
+ * can connect; the directories above it pass the same checks as every
+ * socket directory of keel (src/os/socket-dir.ts). A stale socket left by a
+ * crash is removed; a live one is not.
  */
-import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
+import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
 import { connect } from 'node:net';
 import { dirname, isAbsolute } from 'node:path';
+import { ensureSafeSocketDirectory, UnsafeSocketDirectoryError } from '../../os/socket-dir.js';
 
 export class AdminSocketError extends Error {
   override name = 'AdminSocketError';
@@ -35,11 +38,18 @@ function canConnect(path: string): Promise<boolean> {
 export async function prepareAdminSocket(path: string): Promise<void> {
   if (!isAbsolute(path)) throw new AdminSocketError(path, 'must be an absolute path');
   if (Buffer.byteLength(path) > MAX_SOCKET_PATH) throw new AdminSocketError(path, `longer than ${MAX_SOCKET_PATH} bytes, the limit of a Unix socket path`);
+  const uid = process.getuid?.();
+  // The walk every socket of keel goes through: no directory on the way may be replaceable by someone else.
   const dir = dirname(path);
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  try {
+    ensureSafeSocketDirectory(dir, { createMode: 0o700, ...(uid !== undefined ? { ownerUid: uid } : {}) });
+  } catch (e) {
+    if (e instanceof UnsafeSocketDirectoryError) throw new AdminSocketError(path, `unsafe directory: ${e.message}`);
+    throw e;
+  }
+  // Stricter for the admin socket's own directory: a real directory, the server's (not root's), 0700.
   const st = lstatSync(dir);
   if (!st.isDirectory()) throw new AdminSocketError(path, `${dir} is not a directory`);
-  const uid = process.getuid?.();
   if (uid !== undefined && st.uid !== uid) throw new AdminSocketError(path, `directory ${dir} is owned by uid ${st.uid}, not the server's uid ${uid}`);
   // Anyone who can write the directory could swap the socket; anyone who can search it could connect.
   if ((st.mode & 0o077) !== 0) {
