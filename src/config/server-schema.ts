@@ -14,6 +14,11 @@ const keyType = z.enum(['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-3072']);
 
 const SSL_MODES = ['disable', 'require', 'verify-ca', 'verify-full'] as const;
 
+/** The sslmode in force: as given, else none over a Unix socket and verify-full over TCP. */
+function sslmodeOf(p: { readonly sslmode?: (typeof SSL_MODES)[number] | undefined; readonly socket_dir?: string | undefined }): (typeof SSL_MODES)[number] {
+  return p.sslmode ?? (p.socket_dir !== undefined ? 'disable' : 'verify-full');
+}
+
 /**
  * Several servers on one PostgreSQL database. The password is never written
  * here: `password_file` or `password_env` says where it is (an unknown
@@ -40,7 +45,7 @@ const postgresSchema = z
     if (p.password_file !== undefined && p.password_env !== undefined) {
       ctx.addIssue({ code: 'custom', message: 'give at most one of password_file and password_env' });
     }
-    const mode = p.sslmode ?? (p.socket_dir !== undefined ? 'disable' : 'verify-full');
+    const mode = sslmodeOf(p);
     if (p.socket_dir !== undefined && mode !== 'disable') {
       ctx.addIssue({ code: 'custom', path: ['sslmode'], message: 'a Unix socket has no TLS: leave sslmode out (or disable) with socket_dir' });
     }
@@ -57,7 +62,7 @@ const postgresSchema = z
       database: p.database,
       user: p.user,
       ...(p.password_file !== undefined ? { password: { file: p.password_file } } : p.password_env !== undefined ? { password: { env: p.password_env } } : {}),
-      sslmode: p.sslmode ?? (p.socket_dir !== undefined ? ('disable' as const) : ('verify-full' as const)),
+      sslmode: sslmodeOf(p),
       ...(p.ca_file !== undefined ? { caFile: p.ca_file } : {}),
       poolSize: p.pool_size,
     },

@@ -1,7 +1,6 @@
 /** Reads the user PIN from its source. Errors name the source, never the content. */
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { PinSourceError } from './errors.js';
 
 /** Upper bound for a PIN file: PINs are short, and a wrong path should not slurp a large file. */
@@ -27,15 +26,9 @@ function fromBuffer(file: string, buf: Buffer): string {
 const readError = (file: string, e: unknown): PinSourceError =>
   new PinSourceError(`cannot read PIN file ${file}: ${(e as NodeJS.ErrnoException).code ?? 'unknown error'}`);
 
+/** Reads the PIN (start-up). The source is a small file or a variable: one synchronous read, as for re-logins. */
 export async function readPin(source: PinSource): Promise<string> {
-  if ('env' in source) return fromEnv(source);
-  let buf: Buffer;
-  try {
-    buf = await readFile(source.file);
-  } catch (e) {
-    throw readError(source.file, e);
-  }
-  return fromBuffer(source.file, buf);
+  return readPinSync(source);
 }
 
 /** The same, synchronously: for re-reading during a re-login, which happens inside a PKCS#11 call sequence. */

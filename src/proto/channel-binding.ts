@@ -23,16 +23,14 @@
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 
-export const BINDING_MAGIC = Buffer.from('KEELBND1', 'ascii');
-export const EKM_LABEL = 'EXPORTER-keel-node-api-channel-binding';
-export const EKM_BYTES = 32;
-export const BINDING_CONTEXT = Buffer.from('keel node API channel binding v1\0', 'ascii');
+const BINDING_MAGIC = Buffer.from('KEELBND1', 'ascii');
+const EKM_LABEL = 'EXPORTER-keel-node-api-channel-binding';
+const EKM_BYTES = 32;
+const BINDING_CONTEXT = Buffer.from('keel node API channel binding v1\0', 'ascii');
 /** Certificates in a chain, bytes of a binding frame: far above a real agent's, far below a memory problem. */
-export const MAX_BINDING_CERTS = 8;
-export const MAX_BINDING_BYTES = 32 * 1024;
+const MAX_BINDING_CERTS = 8;
+const MAX_BINDING_BYTES = 32 * 1024;
 const MAX_ANSWER_BYTES = 4096;
-
-export type BindingKind = 'anonymous' | 'agent';
 
 export type BindingRequest =
   | { readonly kind: 'anonymous' }
@@ -80,7 +78,7 @@ export function encodeBindingRequest(req: BindingRequest): Buffer {
 }
 
 /** Parses the payload of a binding frame of `kind`; ChannelBindingError('malformed') names what is wrong. */
-export function decodeBindingPayload(kind: number, payload: Buffer): BindingRequest {
+function decodeBindingPayload(kind: number, payload: Buffer): BindingRequest {
   const bad = (detail: string): never => {
     throw new ChannelBindingError('malformed', detail);
   };
@@ -119,7 +117,7 @@ export function encodeBindingAnswer(a: BindingAnswer): Buffer {
  * Reads exactly `n` bytes from a paused socket, leaving anything after them
  * buffered for whoever reads next (HTTP/2 takes over the socket after the frame).
  */
-export function readExactly(socket: Socket, n: number, timeoutMs: number): Promise<Buffer> {
+function readExactly(socket: Socket, n: number, timeoutMs: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const done = (err: Error | undefined, b?: Buffer): void => {
       clearTimeout(timer);

@@ -123,6 +123,41 @@ export class JwtSvidError extends Error {
   }
 }
 
+/** Why a WIT-SVID (or its cnf key) was refused, or could not be minted. */
+export type WitSvidReason =
+  | 'malformed'
+  | 'not-compact-jws'
+  | 'bad-header'
+  | 'forbidden-header'
+  | 'unsupported-alg'
+  | 'bad-typ'
+  | 'missing-kid'
+  | 'unknown-kid'
+  | 'alg-key-mismatch'
+  | 'bad-signature'
+  | 'no-bundle'
+  | 'missing-sub'
+  | 'invalid-sub'
+  | 'missing-exp'
+  | 'expired'
+  | 'not-yet-valid'
+  | 'bad-claim'
+  | 'missing-cnf'
+  | 'bad-cnf'
+  | 'bad-mint-input'
+  | 'signer-output';
+
+/** A WIT-SVID (or its cnf key) refused; `reason` names the rule. */
+export class WitSvidError extends Error {
+  override readonly name = 'WitSvidError';
+  constructor(
+    readonly reason: WitSvidReason,
+    detail: string,
+  ) {
+    super(`WIT-SVID refused (${reason}): ${detail}`);
+  }
+}
+
 /** What was wrong with a SPIFFE bundle, a bundle map or the JSON carrying them. */
 export type BundleErrorReason =
   | 'malformed-json'

@@ -187,3 +187,23 @@ export function parseStrictJson(text: string, maxDepth = 32): JsonValue {
   if (i !== text.length) fail('trailing data');
   return value;
 }
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+const B64URL = /^[A-Za-z0-9_-]+$/;
+
+/**
+ * One base64url segment of a compact JWS (header or payload) that must hold a
+ * JSON object, read strictly (UTF-8, no duplicate members). `refuse` throws
+ * the caller's own error with what was wrong.
+ */
+export function decodeJwsJsonSegment(part: string, what: string, refuse: (detail: string) => never): JsonObject {
+  if (part.length === 0 || !B64URL.test(part)) refuse(`the ${what} is not base64url`);
+  let doc;
+  try {
+    doc = parseStrictJson(utf8.decode(Buffer.from(part, 'base64url')));
+  } catch (err) {
+    return refuse(`the ${what} is not a JSON object (${(err as Error).message})`);
+  }
+  if (!isJsonObject(doc)) refuse(`the ${what} is not a JSON object`);
+  return doc;
+}

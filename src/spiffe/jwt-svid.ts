@@ -9,7 +9,7 @@ import type { KeyObject } from 'node:crypto';
 import { compactVerify, errors as joseErrors } from 'jose';
 import { JwtSvidError, type JwtSvidReason } from './errors.js';
 import { SpiffeId } from './id.js';
-import { isJsonObject, parseStrictJson, type JsonObject } from './json.js';
+import { decodeJwsJsonSegment, type JsonObject } from './json.js';
 import type { Signer } from './signer.js';
 import type { JwtBundleSource } from './bundle.js';
 
@@ -119,18 +119,8 @@ export interface ValidateJwtSvidOptions {
   clockTolerance?: number;
 }
 
-const utf8 = new TextDecoder('utf-8', { fatal: true });
-
 function decodeJsonPart(part: string, reason: JwtSvidReason, what: string): JsonObject {
-  if (part.length === 0 || !B64URL.test(part)) fail(reason, `the ${what} is not base64url`);
-  let doc;
-  try {
-    doc = parseStrictJson(utf8.decode(Buffer.from(part, 'base64url')));
-  } catch (err) {
-    return fail(reason, `the ${what} is not a JSON object (${(err as Error).message})`);
-  }
-  if (!isJsonObject(doc)) fail(reason, `the ${what} is not a JSON object`);
-  return doc;
+  return decodeJwsJsonSegment(part, what, (detail) => fail(reason, detail));
 }
 
 function keyFits(alg: JwtSvidAlgorithm, key: KeyObject): boolean {

@@ -3,6 +3,7 @@
  * JWT-SVIDs and the `issuer` of the discovery document) and the host names
  * discovery may be served for. Pure, no I/O.
  */
+import { dnsNameProblem } from './dns-name.js';
 
 /**
  * A JWT issuer as OIDC relying parties compare it, byte for byte with the
@@ -24,8 +25,6 @@ export function normalizeJwtIssuer(v: unknown): string | undefined {
   return issuer.length > 'https://'.length && url.href.replace(/\/+$/, '') === issuer ? issuer : undefined;
 }
 
-const LABEL = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
-
 /**
  * An allow-list entry for OIDC discovery: a lowercase DNS name, optionally
  * with a port (not 443, which clients leave out of Host). Undefined when `v`
@@ -36,7 +35,8 @@ export function normalizeOidcDomain(v: unknown): string | undefined {
   const m = /^([^:]{1,253})(?::([1-9][0-9]{0,4}))?$/.exec(v);
   if (!m) return undefined;
   const [, name, port] = m as unknown as [string, string, string | undefined];
-  if (!name.split('.').every((l) => LABEL.test(l))) return undefined;
+  // The SVID DNS-name rule (lowercase LDH labels), without its wildcard.
+  if (name.startsWith('*') || dnsNameProblem(name) !== undefined) return undefined;
   if (port !== undefined && (Number(port) > 65535 || port === '443')) return undefined;
   return v;
 }

@@ -15,50 +15,20 @@
  */
 import { createHash, createPublicKey, randomBytes, type JsonWebKey, type KeyObject } from 'node:crypto';
 import { compactVerify, errors as joseErrors } from 'jose';
+import { WitSvidError, type WitSvidReason } from './errors.js';
 import { SpiffeId, type TrustDomain } from './id.js';
-import { isJsonObject, parseStrictJson, type JsonObject } from './json.js';
+import { decodeJwsJsonSegment, isJsonObject, parseStrictJson, type JsonObject } from './json.js';
 import { JWT_SVID_ALGORITHMS, type JwtSvidAlgorithm } from './jwt-svid.js';
 import type { Signer } from './signer.js';
+
+/** Defined with the other SVID errors; re-exported for callers of this module. */
+export { WitSvidError, type WitSvidReason } from './errors.js';
 
 export const WIT_SVID_TYP = 'wit+jwt';
 export const WIT_SVID_USE = 'wit-svid';
 /** §2.3 and §3.2: the same nine algorithms as JWT-SVID, for the signature and for cnf.jwk.alg. */
 export const WIT_SVID_ALGORITHMS = JWT_SVID_ALGORITHMS;
 export type WitSvidAlgorithm = JwtSvidAlgorithm;
-
-export type WitSvidReason =
-  | 'malformed'
-  | 'not-compact-jws'
-  | 'bad-header'
-  | 'forbidden-header'
-  | 'unsupported-alg'
-  | 'bad-typ'
-  | 'missing-kid'
-  | 'unknown-kid'
-  | 'alg-key-mismatch'
-  | 'bad-signature'
-  | 'no-bundle'
-  | 'missing-sub'
-  | 'invalid-sub'
-  | 'missing-exp'
-  | 'expired'
-  | 'not-yet-valid'
-  | 'bad-claim'
-  | 'missing-cnf'
-  | 'bad-cnf'
-  | 'bad-mint-input'
-  | 'signer-output';
-
-/** A WIT-SVID (or its cnf key) refused; `reason` names the rule. */
-export class WitSvidError extends Error {
-  override readonly name = 'WitSvidError';
-  constructor(
-    readonly reason: WitSvidReason,
-    detail: string,
-  ) {
-    super(`WIT-SVID refused (${reason}): ${detail}`);
-  }
-}
 
 function fail(reason: WitSvidReason, detail: string): never {
   throw new WitSvidError(reason, detail);
@@ -247,18 +217,8 @@ export interface ValidateWitSvidOptions {
   readonly clockTolerance?: number;
 }
 
-const utf8 = new TextDecoder('utf-8', { fatal: true });
-
 function decodePart(part: string, reason: WitSvidReason, what: string): JsonObject {
-  if (part.length === 0 || !B64URL.test(part)) fail(reason, `the ${what} is not base64url`);
-  let doc;
-  try {
-    doc = parseStrictJson(utf8.decode(Buffer.from(part, 'base64url')));
-  } catch (e) {
-    return fail(reason, `the ${what} is not a JSON object (${(e as Error).message})`);
-  }
-  if (!isJsonObject(doc)) fail(reason, `the ${what} is not a JSON object`);
-  return doc;
+  return decodeJwsJsonSegment(part, what, (detail) => fail(reason, detail));
 }
 
 function numericDate(v: unknown, claim: string): number {

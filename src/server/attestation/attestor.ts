@@ -103,6 +103,16 @@ function bytesOf(v: unknown, field: string, max: number, opts: { optional?: bool
   return Buffer.from(v.buffer, v.byteOffset, v.length);
 }
 
+/** Runs a TPM check, turning its own error type into a refusal for `reason` (other errors pass through). */
+function refuseAs<T>(reason: AttestationReason, type: abstract new (...args: never[]) => Error, check: () => T): T {
+  try {
+    return check();
+  } catch (e) {
+    if (e instanceof type) return fail(reason, e.message, e);
+    throw e;
+  }
+}
+
 function parsePublic(bytes: Buffer, field: string): TpmtPublic {
   try {
     return parseTpmtPublic(bytes);
@@ -136,12 +146,7 @@ const QUOTE_REASONS: Readonly<Record<QuoteVerificationError['reason'], Attestati
 /** The agent key the CSR must be for: parsed, checked, and the CSR's key compared. */
 function checkAgentKey(bytes: Buffer, csr: ParsedCsr): TpmtPublic {
   const pub = parsePublic(bytes, 'agent_key_public');
-  try {
-    checkAgentKeyPublic(pub);
-  } catch (e) {
-    if (e instanceof AgentKeyPublicError) fail('agent-key-invalid', e.message, e);
-    throw e;
-  }
+  refuseAs('agent-key-invalid', AgentKeyPublicError, () => checkAgentKeyPublic(pub));
   const spki = publicKeyFromTpmtPublic(pub).export({ type: 'spki', format: 'der' });
   if (!spki.equals(csr.spkiDer)) fail('agent-key-invalid', 'the CSR is not for the agent key: the agent SVID certifies only the TPM-resident key');
   return pub;
@@ -152,12 +157,7 @@ function checkAgentKeyCertified(akPublic: TpmtPublic, keyPublic: TpmtPublic, non
   const attest = bytesOf(response?.agentKeyCertify, 'agent_key_certify', LIMITS.quote, { optional: true });
   const signature = bytesOf(response.agentKeyCertifySignature, 'agent_key_certify_signature', LIMITS.signature, { optional: true });
   if (attest.length === 0 || signature.length === 0) fail('agent-key-certify', "no certification of the agent key by the AK: the key is not shown to live in the node's TPM");
-  try {
-    verifyCertify({ akPublic, attest, signature, nonce, objectPublic: keyPublic });
-  } catch (e) {
-    if (e instanceof CertifyVerificationError) fail('agent-key-certify', e.message, e);
-    throw e;
-  }
+  refuseAs('agent-key-certify', CertifyVerificationError, () => verifyCertify({ akPublic, attest, signature, nonce, objectPublic: keyPublic }));
 }
 
 function sha256Hex(b: Uint8Array): string {
@@ -235,12 +235,7 @@ export class Attestor {
       await this.#refuseBanned(hash);
 
       const ak = parsePublic(akBytes, 'ak_public');
-      try {
-        checkAkPublic(ak);
-      } catch (e) {
-        if (e instanceof AkPublicError) fail('ak-invalid', e.message, e);
-        throw e;
-      }
+      refuseAs('ak-invalid', AkPublicError, () => checkAkPublic(ak));
       const csr = checkCsr(csrBytes);
       const agentKeyPublic = checkAgentKey(agentKeyBytes, csr);
 

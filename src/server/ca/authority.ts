@@ -611,16 +611,10 @@ export class CertificateAuthority {
       if (typeof a !== 'string' || a.length === 0 || a.length > 1024) throw new CaIssueError(`audience[${i}]`, 'must be a non-empty string of at most 1024 characters');
     });
     const ttlMs = this.ttlMs(r.ttlSeconds, this.jwtMaxTtlMs, 'ttlSeconds');
-    const slot = this.activeJwt;
-    const now = this.now();
-    if (!slot || slot.notAfterMs <= now) throw new CaStateError('no active JWT key (rotation has not run or the key expired)');
-    const issuedAt = floorSecond(now);
-    const expiresAt = Math.min(floorSecond(now + ttlMs), slot.notAfterMs);
-    const durable = CertificateAuthority.settled(this.noteIssued(slot, expiresAt, this.jwtMaxTtlMs));
-    const token = await mintJwtSvid({ signer: slot.signer, sub: id, aud: audience, expiresAt: new Date(expiresAt), issuedAt: new Date(issuedAt), ...(this.jwtIssuer !== undefined ? { issuer: this.jwtIssuer } : {}) });
-    const failed = durable && (await durable);
-    if (failed) throw failed;
-    return { token, spiffeId: id.toString(), audience: [...audience], kid: slot.kid, issuedAt: new Date(issuedAt), expiresAt: new Date(expiresAt), keyLabel: slot.label };
+    const { value: token, slot, issuedAt, expiresAt } = await this.signWithActiveJwt(ttlMs, (signer, times) =>
+      mintJwtSvid({ signer, sub: id, aud: audience, ...times, ...(this.jwtIssuer !== undefined ? { issuer: this.jwtIssuer } : {}) }),
+    );
+    return { token, spiffeId: id.toString(), audience: [...audience], kid: slot.kid, issuedAt, expiresAt, keyLabel: slot.label };
   }
 
   /**
@@ -639,16 +633,29 @@ export class CertificateAuthority {
       if (e instanceof WitSvidError) throw new CaIssueError('publicKeyJwk', e.message);
       throw e;
     }
+    const { value: minted, slot, issuedAt, expiresAt } = await this.signWithActiveJwt(ttlMs, (signer, times) => mintWitSvid({ signer, sub: id, cnfJwk: cnf, ...times }));
+    return { token: minted.token, spiffeId: id.toString(), kid: minted.kid, jti: minted.jti, issuedAt, expiresAt, keyLabel: slot.label };
+  }
+
+  /**
+   * Signs a JWT- or WIT-SVID with the active JWT key: `exp` is clamped to
+   * `ttlMs` and to the key's end of life, and the token is returned only once
+   * the journal holds the key's new bound (the write overlaps the signature).
+   */
+  private async signWithActiveJwt<T>(
+    ttlMs: number,
+    sign: (signer: Signer, times: { readonly issuedAt: Date; readonly expiresAt: Date }) => Promise<T>,
+  ): Promise<{ value: T; slot: JwtSlot; issuedAt: Date; expiresAt: Date }> {
     const slot = this.activeJwt;
     const now = this.now();
     if (!slot || slot.notAfterMs <= now) throw new CaStateError('no active JWT key (rotation has not run or the key expired)');
-    const issuedAt = floorSecond(now);
-    const expiresAt = Math.min(floorSecond(now + ttlMs), slot.notAfterMs);
-    const durable = CertificateAuthority.settled(this.noteIssued(slot, expiresAt, this.jwtMaxTtlMs));
-    const minted = await mintWitSvid({ signer: slot.signer, sub: id, cnfJwk: cnf, expiresAt: new Date(expiresAt), issuedAt: new Date(issuedAt) });
+    const issuedAtMs = floorSecond(now);
+    const expiresAtMs = Math.min(floorSecond(now + ttlMs), slot.notAfterMs);
+    const durable = CertificateAuthority.settled(this.noteIssued(slot, expiresAtMs, this.jwtMaxTtlMs));
+    const value = await sign(slot.signer, { issuedAt: new Date(issuedAtMs), expiresAt: new Date(expiresAtMs) });
     const failed = durable && (await durable);
     if (failed) throw failed;
-    return { token: minted.token, spiffeId: id.toString(), kid: minted.kid, jti: minted.jti, issuedAt: new Date(issuedAt), expiresAt: new Date(expiresAt), keyLabel: slot.label };
+    return { value, slot, issuedAt: new Date(issuedAtMs), expiresAt: new Date(expiresAtMs) };
   }
 
   // ---- bundle --------------------------------------------------------------

@@ -12,6 +12,7 @@
  * and audit lines.
  */
 import { createServer, type Server as TlsServer, type SecureContextOptions, type TLSSocket } from 'node:tls';
+import type { ConnectionInjector } from '@grpc/grpc-js';
 import { ChannelBindingError, encodeBindingAnswer, readBindingRequest, type BindingRequest } from '../../proto/channel-binding.js';
 import type { SpiffeId } from '../../spiffe/id.js';
 
@@ -48,7 +49,8 @@ export interface BoundListenerOptions {
   /** `host:port`, port 0 for a free one; `[v6]:port` for IPv6. */
   readonly address: string;
   readonly context: SecureContextOptions;
-  readonly injector: { injectConnection(socket: TLSSocket): void };
+  /** grpc-js's injector (Server.createConnectionInjector): bound sockets go to it. */
+  readonly injector: Pick<ConnectionInjector, 'injectConnection'>;
   /** Judges an agent binding (chain, signature over the socket's exporter); throws BindingRefused. */
   readonly verify: (req: Extract<BindingRequest, { kind: 'agent' }>, socket: TLSSocket) => Promise<BoundAgent>;
   readonly onRefused?: (peer: string, e: BindingRefused) => void;
@@ -112,10 +114,6 @@ export class BoundListener {
 
   connections(): IterableIterator<NodeConnection> {
     return this.#live.values();
-  }
-
-  get size(): number {
-    return this.#live.size;
   }
 
   async #accept(socket: TLSSocket): Promise<void> {

@@ -17,6 +17,7 @@ import type { AttestedNode, Datastore, RegistrationEntry } from '../store/index.
 import type { AuditLog, Logger } from '../../log/index.js';
 import { AttestationError } from '../attestation/errors.js';
 import type { Attestor } from '../attestation/attestor.js';
+import type { AttestParams, Challenge, ChallengeResponse } from '../attestation/types.js';
 import { nodeApiService } from './proto.js';
 import { ServerIdentity } from './server-identity.js';
 import {
@@ -95,6 +96,8 @@ export class NodeApiServer {
   #pruneTimer: NodeJS.Timeout | undefined;
   #sweepTimer: NodeJS.Timeout | undefined;
   #unsubscribe: (() => void) | undefined;
+  /** #agentAuthorities() of the CA certificates it was built from. */
+  #authorities: { readonly ders: readonly Buffer[]; readonly bundle: TrustBundle } | undefined;
 
   private constructor(o: NodeApiServerOptions, server: grpc.Server, identity: ServerIdentity) {
     this.#o = o;
@@ -202,28 +205,18 @@ export class NodeApiServer {
   }
 
   async #attest(call: grpc.ServerDuplexStream<WireAttestRequest, WireAttestResponse>): Promise<void> {
-    const next = this.#reader(call);
     const conn = this.#listener.forPeer(call.getPeer());
     const peer = conn?.peer ?? call.getPeer();
     let release: (() => void) | undefined;
     try {
-      let params;
-      try {
-        params = toAttestParams(expectStep(await next(), 'params'));
-      } catch (e) {
-        throw this.#protocolRefusal(e, peer);
-      }
-      release = this.#takeChallenge(conn?.peerIp ?? peer);
-      const { challenge, state } = await this.#o.attestor.begin(params, peer);
-      call.write(challengeToWire(challenge));
-      let answer;
-      try {
-        answer = toChallengeResponse(expectStep(await next(), 'challenge_response'));
-      } catch (e) {
-        // The challenge is spent: an answer that never comes cannot be made later.
-        await this.#o.store.consumeNonce(state.nonce.toString('hex'), new Date()).catch(() => undefined);
-        throw this.#protocolRefusal(e, peer, state.ekHash);
-      }
+      const { state, answer } = await this.#challengeRound(
+        call,
+        (params) => {
+          release = this.#takeChallenge(conn?.peerIp ?? peer);
+          return this.#o.attestor.begin(params, peer);
+        },
+        (e, state) => this.#protocolRefusal(e, peer, state?.ekHash),
+      );
       release?.();
       release = undefined;
       const result = await this.#o.attestor.complete(state, answer);
@@ -233,6 +226,37 @@ export class NodeApiServer {
       this.#endWithRefusal(call, e);
     } finally {
       release?.();
+    }
+  }
+
+  /**
+   * The read-params / challenge / answer part every stream shares: `begin`
+   * makes the challenge from the params; an answer that does not come, or
+   * does not parse, spends the nonce (the challenge cannot be answered later).
+   * Refusals found here (message order, timeout) go to `refused` for their
+   * audit line, then end the stream.
+   */
+  async #challengeRound<B extends { readonly challenge: Challenge; readonly state: { readonly nonce: Buffer } }>(
+    call: grpc.ServerDuplexStream<WireAttestRequest, WireAttestResponse>,
+    begin: (params: AttestParams) => Promise<B>,
+    refused: (e: AttestationError, state?: B['state']) => void,
+  ): Promise<B & { answer: ChallengeResponse }> {
+    const next = this.#reader(call);
+    let params;
+    try {
+      params = toAttestParams(expectStep(await next(), 'params'));
+    } catch (e) {
+      if (e instanceof AttestationError) refused(e);
+      throw e;
+    }
+    const begun = await begin(params);
+    call.write(challengeToWire(begun.challenge));
+    try {
+      return { ...begun, answer: toChallengeResponse(expectStep(await next(), 'challenge_response')) };
+    } catch (e) {
+      await this.#o.store.consumeNonce(begun.state.nonce.toString('hex'), new Date()).catch(() => undefined);
+      if (e instanceof AttestationError) refused(e, begun.state);
+      throw e;
     }
   }
 
@@ -266,7 +290,6 @@ export class NodeApiServer {
   // ── Check (continuous attestation) ───────────────────────────────────────
 
   async #check(call: grpc.ServerDuplexStream<WireAttestRequest, WireAttestResponse>): Promise<void> {
-    const next = this.#reader(call);
     try {
       let agent: Agent;
       try {
@@ -275,23 +298,11 @@ export class NodeApiServer {
         if (e instanceof CallRefused) this.#o.audit.record({ event: 'node.check_refused', agentId: '', reason: e.reason, detail: e.detail });
         throw e;
       }
-      let params;
-      try {
-        params = toAttestParams(expectStep(await next(), 'params'));
-      } catch (e) {
-        if (e instanceof AttestationError) this.#o.audit.record({ event: 'node.check_refused', agentId: agent.agentId.toString(), reason: e.reason, detail: e.detail });
-        throw e;
-      }
-      const { challenge, state } = await this.#o.attestor.beginCheck({ agentId: agent.agentId, presentedSerial: agent.serial }, params);
-      call.write(challengeToWire(challenge));
-      let answer;
-      try {
-        answer = toChallengeResponse(expectStep(await next(), 'challenge_response'));
-      } catch (e) {
-        await this.#o.store.consumeNonce(state.nonce.toString('hex'), new Date()).catch(() => undefined);
-        if (e instanceof AttestationError) this.#o.audit.record({ event: 'node.check_refused', agentId: agent.agentId.toString(), reason: e.reason, detail: e.detail });
-        throw e;
-      }
+      const { state, answer } = await this.#challengeRound(
+        call,
+        (params) => this.#o.attestor.beginCheck({ agentId: agent.agentId, presentedSerial: agent.serial }, params),
+        (e) => this.#o.audit.record({ event: 'node.check_refused', agentId: agent.agentId.toString(), reason: e.reason, detail: e.detail }),
+      );
       const { selectors } = await this.#o.attestor.completeCheck(state, answer);
       call.write({ result: { spiffe_id: agent.agentId.toString(), svid_chain: [], bundle: Buffer.alloc(0), expires_at: 0, selectors: [...selectors] } });
       call.end();
@@ -300,15 +311,13 @@ export class NodeApiServer {
     }
   }
 
-  /** A refusal found by this layer (message order, timeout), audited like the attestor's. */
-  #protocolRefusal(e: unknown, peer: string, ekHash?: string): unknown {
-    if (!(e instanceof AttestationError)) return e;
+  /** A refusal found by this layer (message order, timeout, challenge limits), audited like the attestor's. */
+  #protocolRefusal(e: AttestationError, peer: string, ekHash?: string): AttestationError {
     this.#o.audit.record({ event: 'node.attestation_refused', reason: e.reason, detail: e.detail, peer, ...(ekHash ? { ekHash } : {}) });
     return e;
   }
 
   async #renew(call: grpc.ServerDuplexStream<WireAttestRequest, WireAttestResponse>): Promise<void> {
-    const next = this.#reader(call);
     try {
       let agent: Agent;
       try {
@@ -319,33 +328,17 @@ export class NodeApiServer {
         }
         throw e;
       }
-      let params;
-      try {
-        params = toAttestParams(expectStep(await next(), 'params'));
-      } catch (e) {
-        throw this.#renewalProtocolRefusal(e, agent.agentId);
-      }
-      const { challenge, state, csr } = await this.#o.attestor.beginRenewal({ agentId: agent.agentId, presentedSerial: agent.serial }, params);
-      call.write(challengeToWire(challenge));
-      let answer;
-      try {
-        answer = toChallengeResponse(expectStep(await next(), 'challenge_response'));
-      } catch (e) {
-        await this.#o.store.consumeNonce(state.nonce.toString('hex'), new Date()).catch(() => undefined);
-        throw this.#renewalProtocolRefusal(e, agent.agentId);
-      }
+      const { state, csr, answer } = await this.#challengeRound(
+        call,
+        (params) => this.#o.attestor.beginRenewal({ agentId: agent.agentId, presentedSerial: agent.serial }, params),
+        (e) => this.#o.audit.record({ event: 'node.renewal_refused', agentId: agent.agentId.toString(), reason: e.reason, detail: e.detail }),
+      );
       const result = await this.#o.attestor.completeRenewal(state, csr, answer);
       call.write(resultToWire(result));
       call.end();
     } catch (e) {
       this.#endWithRefusal(call, e);
     }
-  }
-
-  #renewalProtocolRefusal(e: unknown, agentId: SpiffeId): unknown {
-    if (!(e instanceof AttestationError)) return e;
-    this.#o.audit.record({ event: 'node.renewal_refused', agentId: agentId.toString(), reason: e.reason, detail: e.detail });
-    return e;
   }
 
   #endWithRefusal(call: grpc.ServerDuplexStream<WireAttestRequest, WireAttestResponse>, e: unknown): void {
@@ -361,12 +354,18 @@ export class NodeApiServer {
 
   // ── agent authentication (mTLS) ─────────────────────────────────────────
 
-  /** Keel's own CA certificates: agent SVIDs are only ever signed by them. */
+  /**
+   * Keel's own CA certificates: agent SVIDs are only ever signed by them. The
+   * bundle is built again only when the CA's certificates change (rotation),
+   * not for every binding.
+   */
   #agentAuthorities(): TrustBundle {
-    const certs = this.#o.ca
-      .status()
-      .flatMap((s) => (s.kind === 'x509' && s.certificateDer ? [new X509Certificate(s.certificateDer)] : []));
-    return TrustBundle.create({ trustDomain: this.#td, x509Authorities: certs });
+    const ders = this.#o.ca.status().flatMap((s) => (s.kind === 'x509' && s.certificateDer ? [s.certificateDer] : []));
+    const cached = this.#authorities;
+    if (cached && cached.ders.length === ders.length && ders.every((d, i) => d === cached.ders[i] || d.equals(cached.ders[i]!))) return cached.bundle;
+    const bundle = TrustBundle.create({ trustDomain: this.#td, x509Authorities: ders.map((d) => new X509Certificate(d)) });
+    this.#authorities = { ders, bundle };
+    return bundle;
   }
 
   /**
