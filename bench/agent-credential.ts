@@ -13,7 +13,7 @@
  *   node --import tsx bench/agent-credential.ts [runs, default 200] [drift runs, default 5]
  */
 import { createHash, generateKeyPairSync, randomBytes, sign } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -22,11 +22,11 @@ import { startSwtpm } from '../simulator/swtpm.js';
 import { startAgent } from '../src/agent/agent.js';
 import { NodeApiClient, attestNode, credentialOf, tpmAgentKey } from '../src/agent/attestation/index.js';
 import { PROTO_LOADER_OPTIONS, workloadProtoPath } from '../src/agent/workload/proto.js';
-import { agentConfigSchema, loadConfig } from '../src/config/index.js';
 import { createLogger } from '../src/log/index.js';
 import { parseSelector, serverIdOf } from '../src/server/store/index.js';
 import { TrustDomain } from '../src/spiffe/id.js';
 import { TpmDevice } from '../src/tpm/device.js';
+import { agentConfig } from '../test/agent/agent-config.js';
 import { TD, TestServer } from '../test/agent/server-harness.js';
 
 const RUNS = Number(process.argv[2] ?? 200);
@@ -98,22 +98,14 @@ const rows: [string, string][] = [];
   for (let run = 0; run < DRIFT_RUNS; run++) {
     await sim.restart(); // PCRs from zero: the node is in policy again
     const root = await mkdtemp(join(tmpdir(), 'keel-bench-drift-'));
-    await writeFile(join(root, 'bootstrap.pem'), server.caPem);
-    const cfg = join(root, 'agent.yaml');
-    await writeFile(
-      cfg,
-      [
-        'agent:',
-        `  trust_domain: ${TD}`,
-        `  server: { address: "${server.address}", bundle: bootstrap.pem }`,
-        '  data_dir: data',
-        `  attestation_interval: ${intervalS}`,
-        `  tpm: { tcti: "${sim.tcti}", ek_kind: rsa-2048, ak_kind: ecc-p256, event_log: none.bin }`,
-        `  workload_api: { socket_path: ${join(root, 'api.sock')} }`,
-        '',
-      ].join('\n'),
-    );
-    const config = loadConfig(cfg, agentConfigSchema).agent;
+    const { config } = await agentConfig(root, {
+      serverAddress: server.address,
+      tcti: sim.tcti,
+      bootstrapPem: server.caPem,
+      agent: [`attestation_interval: ${intervalS}`],
+      eventLog: 'none.bin',
+      socketPath: join(root, 'api.sock'),
+    });
     const agent = await startAgent({ config, logger: createLogger({ level: 'error', write: () => undefined }), audit: () => undefined });
     const client = new Workload(`unix://${config.workload_api.socket_path}`, grpc.credentials.createInsecure());
     const md = new grpc.Metadata();

@@ -13,7 +13,6 @@
  *
  *   node --import tsx bench/agent-start.ts [runs, default 10] [entries, default 10]
  */
-import { generateKeyPairSync } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,11 +22,11 @@ import { startSwtpm } from '../simulator/swtpm.js';
 import { startAgent } from '../src/agent/agent.js';
 import { attestNode } from '../src/agent/attestation/index.js';
 import { PROTO_LOADER_OPTIONS, workloadProtoPath } from '../src/agent/workload/proto.js';
-import { agentConfigSchema, loadConfig } from '../src/config/index.js';
 import { createLogger } from '../src/log/index.js';
 import { parseSelector, serverIdOf } from '../src/server/store/index.js';
 import { TrustDomain } from '../src/spiffe/id.js';
 import { TpmDevice } from '../src/tpm/device.js';
+import { agentConfig } from '../test/agent/agent-config.js';
 import { TD, TestServer } from '../test/agent/server-harness.js';
 
 const RUNS = Number(process.argv[2] ?? 10);
@@ -107,21 +106,16 @@ async function attestAlone(withAk?: Awaited<ReturnType<TpmDevice['createAk']>>):
 
 async function agentStart(run: number): Promise<{ total: number; started: number }> {
   const dir = join(root, `run-${run}`);
-  const configFile = `${dir}.yaml`;
-  await writeFile(
-    configFile,
-    [
-      'agent:',
-      `  trust_domain: ${TD}`,
-      `  server: { address: "${server.address}", bundle: ${bootstrap} }`,
-      `  data_dir: ${join(dir, 'data')}`,
-      '  log_level: error',
-      `  tpm: { tcti: "${sim.tcti}", ek_kind: rsa-2048, ak_kind: ecc-p256, event_log: ${join(dir, 'no-event-log.bin')} }`,
-      `  workload_api: { socket_path: ${join(dir, 'api.sock')} }`,
-      '',
-    ].join('\n'),
-  );
-  const config = loadConfig(configFile, agentConfigSchema).agent;
+  const { config } = await agentConfig(root, {
+    serverAddress: server.address,
+    tcti: sim.tcti,
+    file: `run-${run}.yaml`,
+    bundle: bootstrap,
+    dataDir: join(dir, 'data'),
+    agent: ['log_level: error'],
+    eventLog: join(dir, 'no-event-log.bin'),
+    socketPath: join(dir, 'api.sock'),
+  });
   const t0 = process.hrtime.bigint();
   const agent = await startAgent({ config, logger, audit: () => undefined });
   const started = ms(t0);

@@ -13,6 +13,9 @@ import {
   BoundChannelCredentials,
   NodeApiError,
   runExchange,
+  signJwtSvidCall,
+  signWitSvidCall,
+  signX509SvidsCall,
   type AgentCredential,
   type ExchangeMethod,
   type WireAnswer,
@@ -33,8 +36,6 @@ export interface NodeSessionOptions {
   readonly serverTrust: () => string;
   /** The agent SVID and its TPM-resident key: each connection is bound to it. */
   readonly svid: AgentCredential;
-  /** The server refused a connection's binding (superseded, not-active, …): the agent's credential is dead. */
-  readonly onBindingRefused?: (e: NodeApiError) => void;
   /** The server's certificate was refused (reason `server-certificate-clock`, `-untrusted`, `-identity`). */
   readonly onServerCertificateRefused?: (e: NodeApiError) => void;
   /** Deadline of the unary calls (default 30 s). */
@@ -98,28 +99,27 @@ export class NodeSession implements NodeApi {
   }
 
   #failed(e: unknown): NodeApiError {
-    let err = NodeApiError.from(e);
-    const refusal = this.#creds.lastRefusal;
-    if (err.reason === 'transport' && refusal) {
-      err = new NodeApiError(refusal.reason, grpc.status.UNAUTHENTICATED, refusal.detail);
-      this.#o.onBindingRefused?.(err);
-    }
-    // The TPM could not sign the binding: a TPM fault, not an unreachable server.
-    err = this.#creds.localFailureOf(err);
+    // The server's refusal of the binding, the server's certificate refused, the TPM unable to sign the binding.
+    const err = this.#creds.failureOf(e);
     if (err.reason.startsWith('server-certificate-')) this.#o.onServerCertificateRefused?.(err);
     if (err.reason === 'transport' || err.reason === 'tpm' || err.reason.startsWith('server-certificate-')) this.#stale = true;
     return err;
   }
 
-  /** One challenge exchange (Check, RenewAgent) on the session's bound connection. */
-  exchange(method: ExchangeMethod, params: WireParams, answer: (challenge: WireChallenge) => Promise<WireAnswer>): Promise<WireAttestResult> {
+  /** A call on the current channel, with the deadline; a closed session rejects like a failed call. */
+  #call<T>(f: (client: grpc.Client, options: grpc.CallOptions, mapError: (e: unknown) => NodeApiError) => Promise<T>): Promise<T> {
     let client: GrpcClient;
     try {
       client = this.#channel();
     } catch (e) {
       return Promise.reject(this.#failed(e));
     }
-    return runExchange(client, method, params, answer, { deadline: Date.now() + (this.#o.deadlineMs ?? 30_000) }, (e) => this.#failed(e));
+    return f(client, { deadline: Date.now() + (this.#o.deadlineMs ?? 30_000) }, (e) => this.#failed(e));
+  }
+
+  /** One challenge exchange (Check, RenewAgent) on the session's bound connection. */
+  exchange(method: ExchangeMethod, params: WireParams, answer: (challenge: WireChallenge) => Promise<WireAnswer>): Promise<WireAttestResult> {
+    return this.#call((client, options, mapError) => runExchange(client, method, params, answer, options, mapError));
   }
 
   /** Presents a new agent SVID from now on; open sync streams move to the new channel. */
@@ -178,57 +178,16 @@ export class NodeSession implements NodeApi {
   }
 
   signX509Svids(requests: readonly { readonly entryId: string; readonly csr: Buffer }[]): Promise<WireX509SvidResult[]> {
-    return new Promise((resolve, reject) => {
-      let client: GrpcClient;
-      try {
-        client = this.#channel();
-      } catch (e) {
-        reject(this.#failed(e));
-        return;
-      }
-      client.SignX509Svids!(
-        { requests: requests.map((r) => ({ entry_id: r.entryId, csr: r.csr })) },
-        { deadline: Date.now() + (this.#o.deadlineMs ?? 30_000) },
-        (err: grpc.ServiceError | null, res: { results?: WireX509SvidResult[] }) => (err ? reject(this.#failed(err)) : resolve(res.results ?? [])),
-      );
-    });
+    return this.#call((client, options, mapError) => signX509SvidsCall(client, requests, options, mapError));
   }
 
   signJwtSvid(entryId: string, audience: readonly string[]): Promise<{ token: string; expiresAt: Date }> {
-    return new Promise((resolve, reject) => {
-      let client: GrpcClient;
-      try {
-        client = this.#channel();
-      } catch (e) {
-        reject(this.#failed(e));
-        return;
-      }
-      client.SignJwtSvid!(
-        { entry_id: entryId, audience: [...audience] },
-        { deadline: Date.now() + (this.#o.deadlineMs ?? 30_000) },
-        (err: grpc.ServiceError | null, res: { token: string; expires_at: number }) =>
-          err ? reject(this.#failed(err)) : resolve({ token: res.token, expiresAt: new Date(Number(res.expires_at) * 1000) }),
-      );
-    });
+    return this.#call((client, options, mapError) => signJwtSvidCall(client, entryId, audience, options, mapError));
   }
 
   /** SignWitSvid: a WIT-SVID of the entry for the workload public key (JWK JSON with alg). */
   signWitSvid(entryId: string, publicKeyJwk: string): Promise<{ token: string; expiresAt: Date }> {
-    return new Promise((resolve, reject) => {
-      let client: GrpcClient;
-      try {
-        client = this.#channel();
-      } catch (e) {
-        reject(this.#failed(e));
-        return;
-      }
-      client.SignWitSvid!(
-        { entry_id: entryId, public_key_jwk: publicKeyJwk },
-        { deadline: Date.now() + (this.#o.deadlineMs ?? 30_000) },
-        (err: grpc.ServiceError | null, res: { token: string; expires_at: number }) =>
-          err ? reject(this.#failed(err)) : resolve({ token: res.token, expiresAt: new Date(Number(res.expires_at) * 1000) }),
-      );
-    });
+    return this.#call((client, options, mapError) => signWitSvidCall(client, entryId, publicKeyJwk, options, mapError));
   }
 
   close(): void {

@@ -19,6 +19,7 @@ import { ServerCertificateError, verifyServerChain } from '../../src/agent/attes
 import { agentConfigSchema, ConfigError, parseConfigText } from '../../src/config/index.js';
 import { parseSelector, serverIdOf } from '../../src/server/store/index.js';
 import { TrustDomain } from '../../src/spiffe/id.js';
+import { writeAgentConfig } from './agent-config.js';
 import { TD, TestServer } from './server-harness.js';
 
 const LIBFAKETIME = '/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1';
@@ -54,22 +55,14 @@ interface SkewedAgent {
 
 async function startSkewedAgent(name: string, skew: string, tolerance: string): Promise<SkewedAgent> {
   const socket = join(dir, name, 'public', 'api.sock');
-  const configFile = join(dir, `${name}.yaml`);
-  await writeFile(
-    configFile,
-    [
-      'agent:',
-      `  trust_domain: ${TD}`,
-      `  server: { address: "${server.address}", bundle: bootstrap.pem }`,
-      `  data_dir: ${name}/data`,
-      '  log_level: info',
-      `  clock_skew_tolerance: ${tolerance}`,
-      '  attestation_interval: 0',
-      `  tpm: { tcti: "${sim.tcti}", ek_kind: rsa-2048, ak_kind: ecc-p256, event_log: no-event-log.bin }`,
-      `  workload_api: { socket_path: ${socket} }`,
-      '',
-    ].join('\n'),
-  );
+  const configFile = await writeAgentConfig(dir, {
+    serverAddress: server.address,
+    tcti: sim.tcti,
+    file: `${name}.yaml`,
+    dataDir: `${name}/data`,
+    socketPath: socket,
+    agent: ['log_level: info', `clock_skew_tolerance: ${tolerance}`, 'attestation_interval: 0'],
+  });
   const child = spawn(process.execPath, ['--import', 'tsx', MAIN, 'agent', 'run', '--config', configFile], {
     env: { ...process.env, LD_PRELOAD: LIBFAKETIME, FAKETIME: skew, FAKETIME_DONT_FAKE_MONOTONIC: '1' },
     stdio: ['ignore', 'pipe', 'pipe'],

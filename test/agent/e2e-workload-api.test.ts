@@ -11,7 +11,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createPrivateKey, createPublicKey, generateKeyPairSync, X509Certificate } from 'node:crypto';
 import { chmodSync, mkdtempSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -27,13 +27,14 @@ import { otherUidRuntime } from '../helpers/other-uid.js';
 // Copied to a world-readable place when the checkout is not (see test/helpers/other-uid.ts).
 const runtime = otherUidRuntime();
 afterAll(() => runtime.dispose());
-import { agentConfigSchema, loadConfig, type AgentConfig } from '../../src/config/index.js';
+import type { AgentConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/log/index.js';
 import { parseSelector, serverIdOf } from '../../src/server/store/index.js';
 import { bundleFromX509Der, bundleToJwksJson, bundleX509Der, jwtBundleJson, parseDerCertificates, TrustBundle, verifyX509Svid } from '../../src/spiffe/index.js';
 import { SpiffeId, TrustDomain } from '../../src/spiffe/id.js';
 import { issueLeaf, makeCa } from '../workload/certs.js';
 import { header, StreamReader, unary, workloadClient, type BundlesResponse, type WorkloadClient, type X509SvidResponse } from '../workload/client.js';
+import { agentConfig } from './agent-config.js';
 import { TD, TestServer } from './server-harness.js';
 
 const td = TrustDomain.parse(TD);
@@ -104,22 +105,7 @@ beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'keel-e2e-wl-'));
   // Other uids must reach the socket: the directory above public/ is traversable (public/ is made 0755 by the agent).
   chmodSync(dir, 0o755);
-  await writeFile(join(dir, 'bootstrap.pem'), server.caPem);
-  const configFile = join(dir, 'agent.yaml');
-  await writeFile(
-    configFile,
-    [
-      'agent:',
-      `  trust_domain: ${TD}`,
-      `  server: { address: "${server.address}", bundle: bootstrap.pem }`,
-      '  data_dir: data',
-      '  log_level: warn',
-      `  tpm: { tcti: "${sim.tcti}", ek_kind: rsa-2048, ak_kind: ecc-p256, event_log: no-event-log.bin }`,
-      `  workload_api: { socket_path: ${join(dir, 'public', 'api.sock')} }`,
-      '',
-    ].join('\n'),
-  );
-  config = loadConfig(configFile, agentConfigSchema).agent;
+  ({ config } = await agentConfig(dir, { serverAddress: server.address, tcti: sim.tcti, bootstrapPem: server.caPem, agent: ['log_level: warn'] }));
   agent = await startAgent({
     config,
     // The agent's own audit path (no `audit` override): the lines are checked below.

@@ -18,13 +18,14 @@ import { startSwtpm, type Swtpm } from '../../simulator/swtpm.js';
 import { startAgent, type RunningAgent } from '../../src/agent/agent.js';
 import { fetchJwtCommand, fetchX509Command, validateJwtCommand, agentHealthcheckCommand, watchCommand } from '../../src/cli/agent/index.js';
 import type { CliIo } from '../../src/cli/admin/io.js';
-import { agentConfigSchema, loadConfig, type AgentConfig } from '../../src/config/index.js';
+import type { AgentConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/log/index.js';
 import { parseSelector, serverIdOf } from '../../src/server/store/index.js';
 import { bundleFromX509Der, parseDerCertificates, verifyX509Svid } from '../../src/spiffe/index.js';
 import { TrustDomain } from '../../src/spiffe/id.js';
 import { checkAgentKeyPublic, parseTpmtPublic, publicKeyFromTpmtPublic } from '../../src/tpm/index.js';
 import { header, StreamReader, unary, workloadClient, type BundlesResponse, type WorkloadClient, type X509SvidResponse } from '../workload/client.js';
+import { agentConfig } from './agent-config.js';
 import { TD, TestServer } from './server-harness.js';
 
 const run = promisify(execFile);
@@ -90,23 +91,7 @@ beforeAll(async () => {
   await server.store.createEntry({ spiffeId: td.child('/stable'), parentId: group.spiffeId, selectors: [parseSelector(`unix:uid:${UID}`)], x509SvidTtl: 600, jwtSvidTtl: 60 });
 
   dir = await mkdtemp(join(tmpdir(), 'keel-agent-'));
-  await writeFile(join(dir, 'bootstrap.pem'), server.caPem);
-  configFile = join(dir, 'agent.yaml');
-  await writeFile(
-    configFile,
-    [
-      'agent:',
-      `  trust_domain: ${TD}`,
-      `  server: { address: "${server.address}", bundle: bootstrap.pem }`,
-      '  data_dir: data',
-      '  log_level: debug',
-      '  attestation_interval: 1',
-      `  tpm: { tcti: "${sim.tcti}", ek_kind: rsa-2048, ak_kind: ecc-p256, event_log: no-event-log.bin }`,
-      `  workload_api: { socket_path: ${join(dir, 'public', 'api.sock')} }`,
-      '',
-    ].join('\n'),
-  );
-  config = loadConfig(configFile, agentConfigSchema).agent;
+  ({ file: configFile, config } = await agentConfig(dir, { serverAddress: server.address, tcti: sim.tcti, bootstrapPem: server.caPem, agent: ['log_level: debug', 'attestation_interval: 1'] }));
   agent = await startAgent({
     config,
     logger: createLogger({ level: 'debug', write: (l) => logs.push(JSON.parse(l) as LogLine) }),

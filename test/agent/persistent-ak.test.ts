@@ -6,7 +6,7 @@
  */
 import { execFile } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -16,7 +16,8 @@ import { startAgent } from '../../src/agent/agent.js';
 import { agentConfigSchema, loadConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/log/index.js';
 import { SpiffeId } from '../../src/spiffe/index.js';
-import { TD, TestServer } from './server-harness.js';
+import { writeAgentConfig } from './agent-config.js';
+import { TestServer } from './server-harness.js';
 
 const run = promisify(execFile);
 const HANDLE = 0x81010020;
@@ -32,19 +33,13 @@ describe('agent with a persistent AK', () => {
     server = await TestServer.create({ manufacturerCaPems: sim.manufacturerCaPems, agentSvidTtlSeconds: 3600 });
     await server.start();
     dir = await mkdtemp(join(tmpdir(), 'keel-persistent-ak-'));
-    await writeFile(join(dir, 'bootstrap.pem'), server.caPem);
-    await writeFile(
-      join(dir, 'agent.yaml'),
-      [
-        'agent:',
-        `  trust_domain: ${TD}`,
-        `  server: { address: "${server.address}", bundle: bootstrap.pem }`,
-        '  data_dir: data',
-        `  tpm: { tcti: "${sim.tcti}", ek_kind: rsa-2048, ak_kind: ecc-p256, ak_persistent_handle: "0x${HANDLE.toString(16)}", agent_key_persistent_handle: "0x${KEY_HANDLE.toString(16)}", event_log: none.bin }`,
-        `  workload_api: { socket_path: ${join(dir, 'public', 'api.sock')} }`,
-        '',
-      ].join('\n'),
-    );
+    await writeAgentConfig(dir, {
+      serverAddress: server.address,
+      tcti: sim.tcti,
+      bootstrapPem: server.caPem,
+      tpm: [`ak_persistent_handle: "0x${HANDLE.toString(16)}"`, `agent_key_persistent_handle: "0x${KEY_HANDLE.toString(16)}"`],
+      eventLog: 'none.bin',
+    });
   }, 90_000);
   afterAll(async () => {
     await server?.close();

@@ -6,17 +6,17 @@
  * and keeps serving, with nothing left loaded in the TPM but the agent key.
  * Real swtpm, SoftHSM CA, SQLite, Node API over TCP + TLS, Workload API on a UDS.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSwtpm, type Swtpm } from '../../simulator/swtpm.js';
 import { startAgent, type RunningAgent } from '../../src/agent/agent.js';
-import { agentConfigSchema, loadConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/log/index.js';
 import { parseSelector, serverIdOf } from '../../src/server/store/index.js';
 import { TrustDomain } from '../../src/spiffe/id.js';
-import { header, StreamReader, workloadClient, type WorkloadClient, type X509SvidResponse } from '../workload/client.js';
+import { firstOf, header, workloadClient, type WorkloadClient, type X509SvidResponse } from '../workload/client.js';
+import { agentConfig } from './agent-config.js';
 import { TD, TestServer } from './server-harness.js';
 
 interface LogLine {
@@ -42,23 +42,7 @@ beforeAll(async () => {
   const group = await server.store.createEntry({ spiffeId: td.child('/group/swtpm'), parentId: serverIdOf(td), selectors: [parseSelector('tpm:platform:swtpm')] });
   await server.store.createEntry({ spiffeId: td.child('/web'), parentId: group.spiffeId, selectors: [parseSelector(`unix:uid:${process.getuid!()}`)], x509SvidTtl: 600 });
   dir = await mkdtemp(join(tmpdir(), 'keel-agent-tpm-outage-'));
-  await writeFile(join(dir, 'bootstrap.pem'), server.caPem);
-  const configFile = join(dir, 'agent.yaml');
-  await writeFile(
-    configFile,
-    [
-      'agent:',
-      `  trust_domain: ${TD}`,
-      `  server: { address: "${server.address}", bundle: bootstrap.pem }`,
-      '  data_dir: data',
-      '  log_level: debug',
-      '  attestation_interval: 0',
-      `  tpm: { tcti: "${sim.tcti}", ek_kind: rsa-2048, ak_kind: ecc-p256, event_log: no-event-log.bin }`,
-      `  workload_api: { socket_path: ${join(dir, 'public', 'api.sock')} }`,
-      '',
-    ].join('\n'),
-  );
-  const config = loadConfig(configFile, agentConfigSchema).agent;
+  const { config } = await agentConfig(dir, { serverAddress: server.address, tcti: sim.tcti, bootstrapPem: server.caPem, agent: ['log_level: debug', 'attestation_interval: 0'] });
   agent = await startAgent({
     config,
     logger: createLogger({ level: 'debug', write: (l) => logs.push(JSON.parse(l) as LogLine) }),
@@ -76,14 +60,7 @@ afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-async function fetchX509(): Promise<X509SvidResponse> {
-  const r = new StreamReader<X509SvidResponse>(client.FetchX509SVID({}, header()));
-  try {
-    return await r.next();
-  } finally {
-    r.cancel();
-  }
-}
+const fetchX509 = (): Promise<X509SvidResponse> => firstOf<X509SvidResponse>(client.FetchX509SVID({}, header()));
 
 describe('agent and a TPM that goes away', () => {
   it('reports TPM failures as TPM warnings, and renews on the reopened device once swtpm is back', async () => {

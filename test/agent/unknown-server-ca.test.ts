@@ -13,8 +13,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSwtpm, type Swtpm } from '../../simulator/swtpm.js';
 import { startAgent, type RunningAgent } from '../../src/agent/agent.js';
-import { agentConfigSchema, loadConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/log/index.js';
+import { agentConfig } from './agent-config.js';
 import { TD, TestServer } from './server-harness.js';
 
 interface LogLine {
@@ -48,22 +48,7 @@ describe('an agent whose trust has no path to the server CA', () => {
   it('reports the unknown CA (not "server unreachable"), re-reads server.bundle, and attests once it holds the current bundle', async () => {
     // A CA certificate that did not issue the server's: what an agent that missed the rotation holds.
     const bundleFile = join(dir, 'bootstrap.pem');
-    await writeFile(bundleFile, sim.manufacturerCaPems[0]!);
-    const configFile = join(dir, 'agent.yaml');
-    await writeFile(
-      configFile,
-      [
-        'agent:',
-        `  trust_domain: ${TD}`,
-        `  server: { address: "${server.address}", bundle: bootstrap.pem }`,
-        '  data_dir: data',
-        '  attestation_interval: 0',
-        `  tpm: { tcti: "${sim.tcti}", ek_kind: rsa-2048, ak_kind: ecc-p256, event_log: no-event-log.bin }`,
-        `  workload_api: { socket_path: ${join(dir, 'public', 'api.sock')} }`,
-        '',
-      ].join('\n'),
-    );
-    const config = loadConfig(configFile, agentConfigSchema).agent;
+    const { config } = await agentConfig(dir, { serverAddress: server.address, tcti: sim.tcti, bootstrapPem: sim.manufacturerCaPems[0]!, agent: ['attestation_interval: 0'] });
     const unknown = (): LogLine[] => logs.filter((l) => l.msg.startsWith("the server's certificate chains to no CA this agent trusts"));
     let onThird: (() => void) | undefined;
     const third = new Promise<void>((r) => (onThird = r));

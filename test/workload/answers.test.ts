@@ -9,20 +9,11 @@ import * as grpc from '@grpc/grpc-js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startWorkloadApiServer, type WorkloadApiServer, type WorkloadAuditEvent } from '../../src/agent/workload/index.js';
 import { FakeIdentitySource } from './fake-source.js';
-import { header, StreamReader, tmpSocketPath, unary, workloadClient, type BundlesResponse, type WorkloadClient, type X509SvidResponse } from './client.js';
+import { header, statusOf, StreamReader, tmpSocketPath, unary, workloadClient, type BundlesResponse, type WorkloadClient, type X509SvidResponse } from './client.js';
 
 const UID = process.getuid!();
 const MINE = [{ type: 'unix', value: `uid:${UID}` }];
 const NOT_MINE = [{ type: 'unix', value: `uid:${UID + 4242}` }];
-
-async function statusOf(p: Promise<unknown>): Promise<grpc.ServiceError> {
-  const e = await p.then(
-    () => undefined,
-    (err: unknown) => err,
-  );
-  if (!e) throw new Error('the call succeeded');
-  return e as grpc.ServiceError;
-}
 
 describe('Workload API status codes', () => {
   let source: FakeIdentitySource;

@@ -118,6 +118,26 @@ export class StreamReader<T> {
   }
 }
 
+/** The first message of a server stream, which is then cancelled. */
+export async function firstOf<T>(call: grpc.ClientReadableStream<unknown>): Promise<T> {
+  const r = new StreamReader<T>(call);
+  try {
+    return await r.next();
+  } finally {
+    r.cancel();
+  }
+}
+
+/** The status a call failed with; throws when it succeeded. */
+export async function statusOf(p: Promise<unknown>): Promise<grpc.ServiceError> {
+  const e = await p.then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  if (!e) throw new Error('the call succeeded');
+  return e as grpc.ServiceError;
+}
+
 const tmpDirs: string[] = [];
 // Registered while the importing test file is collected: runs after that file's tests.
 afterAll(() => {

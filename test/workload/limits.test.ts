@@ -15,7 +15,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startWorkloadApiServer, type WorkloadApiServer, type WorkloadAuditEvent } from '../../src/agent/workload/index.js';
+import { startWorkloadApiServer, type WorkloadApiLimits, type WorkloadApiServer, type WorkloadAuditEvent } from '../../src/agent/workload/index.js';
 import { otherUidRuntime } from '../helpers/other-uid.js';
 import { FakeIdentitySource } from './fake-source.js';
 import { header, StreamReader, tmpSocketPath, until, workloadClient, type WorkloadClient, type X509SvidResponse } from './client.js';
@@ -95,6 +95,20 @@ describe('Workload API limits', () => {
     }
   }
 
+  /** A Workload API server on a fresh socket for `f`, stopped afterwards. */
+  async function withServer(
+    o: { audit?: (e: WorkloadAuditEvent) => void; limits?: Partial<WorkloadApiLimits> },
+    f: (server: WorkloadApiServer, socketPath: string) => Promise<void>,
+  ): Promise<void> {
+    const socketPath = tmpSocketPath();
+    const server = await startWorkloadApiServer({ socketPath, source, audit: o.audit ?? (() => undefined), ...(o.limits ? { limits: o.limits } : {}) });
+    try {
+      await f(server, socketPath);
+    } finally {
+      await server.stop();
+    }
+  }
+
   beforeAll(() => {
     chmodSync(scripts, 0o755);
     writeFileSync(join(scripts, 'holder.mjs'), HOLDER, { mode: 0o644 });
@@ -111,9 +125,7 @@ describe('Workload API limits', () => {
 
   it('per-uid and total connection limits answer RESOURCE_EXHAUSTED; uid 0 is held to its per-uid limit but not to the total', async () => {
     const audit: WorkloadAuditEvent[] = [];
-    const socketPath = tmpSocketPath();
-    const server = await startWorkloadApiServer({ socketPath, source, audit: (e) => audit.push(e), limits: { maxConnectionsPerUid: 2, maxConnections: 2 } });
-    try {
+    await withServer({ audit: (e) => audit.push(e), limits: { maxConnectionsPerUid: 2, maxConnections: 2 } }, async (server, socketPath) => {
       expect((await rootStream(socketPath)).ids).toEqual(['spiffe://example.org/u0']);
       // Two other uids fill the total.
       expect(await holder(socketPath, 65534)).toEqual({ ok: true, ids: ['spiffe://example.org/u65534'] });
@@ -131,15 +143,11 @@ describe('Workload API limits', () => {
       expect(server.connectionsOf(0)).toBe(2);
       // A connection refused over a limit is closed shortly after (REFUSING_GRACE_MS).
       await until(() => server.openConnections === 4, 5000, 'the refused connections to close');
-    } finally {
-      await server.stop();
-    }
+    });
   });
 
   it('streams per uid: the stream over the limit is RESOURCE_EXHAUSTED, and a slot freed by a cancel is usable again', async () => {
-    const socketPath = tmpSocketPath();
-    const server = await startWorkloadApiServer({ socketPath, source, audit: () => undefined, limits: { maxStreamsPerUid: 3 } });
-    try {
+    await withServer({ limits: { maxStreamsPerUid: 3 } }, async (server, socketPath) => {
       const c = workloadClient(socketPath);
       clients.push(c);
       const open = (): StreamReader<X509SvidResponse> => new StreamReader<X509SvidResponse>(c.FetchX509SVID({}, header()));
@@ -156,15 +164,11 @@ describe('Workload API limits', () => {
       expect((await again.next()).svids).toHaveLength(1);
       for (const r of [...readers, again]) r.cancel();
       await until(() => server.streamsOf(0) === 0, 5000, 'every stream to be released');
-    } finally {
-      await server.stop();
-    }
+    });
   });
 
   it('a connection that never calls is closed after the first-call timeout; one that calls is kept', async () => {
-    const socketPath = tmpSocketPath();
-    const server = await startWorkloadApiServer({ socketPath, source, audit: () => undefined, limits: { firstCallTimeoutMs: 300 } });
-    try {
+    await withServer({ limits: { firstCallTimeoutMs: 300 } }, async (server, socketPath) => {
       const silent = connect(socketPath);
       const closedAt = new Promise<number>((r) => silent.once('close', () => r(Date.now())));
       silent.on('error', () => undefined);
@@ -180,15 +184,11 @@ describe('Workload API limits', () => {
       source.rotate('u0');
       expect((await reader.next()).svids.map((s) => s.spiffe_id)).toEqual(['spiffe://example.org/u0']);
       reader.cancel();
-    } finally {
-      await server.stop();
-    }
+    });
   });
 
   it('a flood of 5,000 idle connections from uid 65534: bounded, memory flat, root served throughout; afterwards back to baseline', async () => {
-    const socketPath = tmpSocketPath();
-    const server = await startWorkloadApiServer({ socketPath, source, audit: () => undefined });
-    try {
+    await withServer({}, async (server, socketPath) => {
       // Warm up the paths a served connection takes, then take the baseline.
       const warm = await rootStream(socketPath);
       expect(warm.ids).toEqual(['spiffe://example.org/u0']);
@@ -231,8 +231,6 @@ describe('Workload API limits', () => {
       expect(process.memoryUsage().heapUsed).toBeLessThan(base.heapUsed + 10 * 2 ** 20);
       warm.reader.cancel();
       during.reader.cancel();
-    } finally {
-      await server.stop();
-    }
+    });
   }, 120_000);
 });

@@ -10,28 +10,10 @@ import { startWorkloadApiServer, WorkloadApiStartError, type WorkloadApiServer, 
 import { mintJwtSvid } from '../../src/spiffe/index.js';
 import { SpiffeId, TrustDomain } from '../../src/spiffe/id.js';
 import { FakeIdentitySource } from './fake-source.js';
-import { header, StreamReader, tmpSocketPath, unary, workloadClient, type BundlesResponse, type WorkloadClient, type X509SvidResponse } from './client.js';
+import { firstOf, header, statusOf, StreamReader, tmpSocketPath, unary, workloadClient, type BundlesResponse, type WorkloadClient, type X509SvidResponse } from './client.js';
 
 const UID0 = [{ type: 'unix', value: 'uid:0' }];
 const HEADER_MSG = 'security header missing from request';
-
-async function firstOf<T>(call: grpc.ClientReadableStream<unknown>): Promise<T> {
-  const r = new StreamReader<T>(call);
-  try {
-    return await r.next();
-  } finally {
-    r.cancel();
-  }
-}
-
-async function statusOf(p: Promise<unknown>): Promise<grpc.ServiceError> {
-  const e = await p.then(
-    () => undefined,
-    (err: unknown) => err,
-  );
-  if (!e) throw new Error('the call succeeded');
-  return e as grpc.ServiceError;
-}
 
 describe('Workload API over a Unix socket', () => {
   const source = new FakeIdentitySource('example.org');

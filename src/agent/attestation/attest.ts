@@ -10,7 +10,7 @@ import { QuoteVerificationError, TPM_ALG, parseTpmtPublic, verifyQuote, type Tpm
 import { bundleFromX509Der, verifyX509Svid, X509SvidError } from '../../spiffe/index.js';
 import { buildCsrWithSigner } from '../../spiffe/csr.js';
 import { tpmAgentKey, type AgentCredential, type AgentKey } from './credential.js';
-import { NodeApiClient, type Exchange, type WireAnswer, type WireAttestResult, type WireChallenge } from './node-api-client.js';
+import { NodeApiClient, type Exchange, type NodeApiClientOptions, type WireAnswer, type WireAttestResult, type WireChallenge } from './node-api-client.js';
 
 /** Largest event log the agent sends (the server has its own cap). */
 export const MAX_EVENT_LOG_BYTES = 16 * 1024 * 1024;
@@ -179,6 +179,38 @@ async function openAk(device: TpmDevice, ekKind: EkKind, ref: { akBlobs?: AkBlob
   return { handle: await device.loadAk(ekKind, ref.akBlobs), public: ref.akBlobs.public };
 }
 
+/** Runs `f` with the AK open; the AK is flushed afterwards, whatever happened. */
+async function withAk<T>(
+  device: TpmDevice,
+  ekKind: EkKind,
+  ref: { akBlobs?: AkBlobs | undefined; akPersistentHandle?: number | undefined },
+  f: (ak: AkHandle, akPublic: Buffer) => Promise<T>,
+): Promise<T> {
+  const { handle: ak, public: akPublic } = await openAk(device, ekKind, ref);
+  try {
+    return await f(ak, akPublic);
+  } finally {
+    await device.flush(ak);
+  }
+}
+
+/** Runs `f` with `given`, or with the exchange of a new client for `options`, closed afterwards. */
+async function withExchange<T>(given: Exchange | undefined, options: NodeApiClientOptions, f: (exchange: Exchange) => Promise<T>): Promise<T> {
+  if (given) return f(given);
+  const client = new NodeApiClient(options);
+  try {
+    return await f((m, p, a) => client.exchange(m, p, a));
+  } finally {
+    client.close();
+  }
+}
+
+/** The AK's certification of the agent key over the challenge nonce: the key lives in this TPM. */
+async function certifyAgentKey(device: TpmDevice, agentKey: AgentKeyHandle, ak: AkHandle, challenge: WireChallenge): Promise<Pick<WireAnswer, 'agent_key_certify' | 'agent_key_certify_signature'>> {
+  const certified = await device.certify(agentKey, ak, challenge.nonce);
+  return { agent_key_certify: certified.attest, agent_key_certify_signature: certified.signature };
+}
+
 /** Attests the node and returns its agent SVID. Rejects with NodeApiError (server's reason) or a TPM error. */
 export async function attestNode(o: AttestNodeOptions): Promise<AgentSvid> {
   const ekPublic = await o.device.ekPublic(o.ekKind);
@@ -187,24 +219,20 @@ export async function attestNode(o: AttestNodeOptions): Promise<AgentSvid> {
   const key = tpmAgentKey(o.device, o.agentKey);
   const csr = await agentCsr(key);
   const eventLog = await readEventLog(o.eventLogPath);
-  const { handle: ak, public: akPublic } = await openAk(o.device, o.ekKind, { akBlobs, akPersistentHandle: o.akPersistentHandle });
-  const client = new NodeApiClient({ address: o.serverAddress, serverCaBundle: o.serverCaBundle, trustDomain: o.trustDomain, clockToleranceMs: o.clockToleranceMs ?? 0 });
-  try {
-    const result = await client.exchange(
-      'Attest',
-      { ek_public: ekPublic, ek_certificate: ekCertificate ?? Buffer.alloc(0), ak_public: akPublic, csr, agent_key_public: o.agentKey.public },
-      async (challenge) => {
-        const secret = await o.device.activateCredential(ak, o.ekKind, challenge.credential_blob, challenge.encrypted_secret);
-        const quoted = await quoteForChallenge(o.device, ak, akPublic, challenge);
-        const certified = await o.device.certify(o.agentKey, ak, challenge.nonce);
-        return { secret, ...quoted, event_log: eventLog ?? Buffer.alloc(0), agent_key_certify: certified.attest, agent_key_certify_signature: certified.signature };
-      },
-    );
-    return acceptResult(result, key, o.trustDomain, akBlobs, o.clockToleranceMs);
-  } finally {
-    client.close();
-    await o.device.flush(ak);
-  }
+  return withAk(o.device, o.ekKind, { akBlobs, akPersistentHandle: o.akPersistentHandle }, (ak, akPublic) =>
+    withExchange(undefined, { address: o.serverAddress, serverCaBundle: o.serverCaBundle, trustDomain: o.trustDomain, clockToleranceMs: o.clockToleranceMs ?? 0 }, async (exchange) => {
+      const result = await exchange(
+        'Attest',
+        { ek_public: ekPublic, ek_certificate: ekCertificate ?? Buffer.alloc(0), ak_public: akPublic, csr, agent_key_public: o.agentKey.public },
+        async (challenge) => {
+          const secret = await o.device.activateCredential(ak, o.ekKind, challenge.credential_blob, challenge.encrypted_secret);
+          const quoted = await quoteForChallenge(o.device, ak, akPublic, challenge);
+          return { secret, ...quoted, event_log: eventLog ?? Buffer.alloc(0), ...(await certifyAgentKey(o.device, o.agentKey, ak, challenge)) };
+        },
+      );
+      return acceptResult(result, key, o.trustDomain, akBlobs, o.clockToleranceMs);
+    }),
+  );
 }
 
 /** Renews the agent SVID on a connection bound to the current one, with a fresh quote from the same AK. */
@@ -212,24 +240,16 @@ export async function renewAgentSvid(o: RenewAgentSvidOptions): Promise<AgentSvi
   const key = tpmAgentKey(o.device, o.agentKey);
   const csr = await agentCsr(key);
   const eventLog = await readEventLog(o.eventLogPath);
-  const { handle: ak, public: akPublic } = await openAk(o.device, o.ekKind, o);
-  const client = o.exchange ? undefined : new NodeApiClient({ address: o.serverAddress, serverCaBundle: o.serverCaBundle, trustDomain: o.trustDomain, clientSvid: o.svid, clockToleranceMs: o.clockToleranceMs ?? 0 });
-  const exchange: Exchange = o.exchange ?? ((m, p, a) => client!.exchange(m, p, a));
-  try {
-    const result = await exchange('RenewAgent', { ak_public: akPublic, csr, agent_key_public: o.agentKey.public }, async (challenge) => {
-      const certified = await o.device.certify(o.agentKey, ak, challenge.nonce);
-      return {
-        ...(await quoteForChallenge(o.device, ak, akPublic, challenge)),
-        event_log: eventLog ?? Buffer.alloc(0),
-        agent_key_certify: certified.attest,
-        agent_key_certify_signature: certified.signature,
-      };
-    });
-    return acceptResult(result, key, o.trustDomain, o.akBlobs, o.clockToleranceMs);
-  } finally {
-    client?.close();
-    await o.device.flush(ak);
-  }
+  const connection = { address: o.serverAddress, serverCaBundle: o.serverCaBundle, trustDomain: o.trustDomain, clientSvid: o.svid, clockToleranceMs: o.clockToleranceMs ?? 0 };
+  return withAk(o.device, o.ekKind, o, (ak, akPublic) =>
+    withExchange(o.exchange, connection, async (exchange) => {
+      const result = await exchange('RenewAgent', { ak_public: akPublic, csr, agent_key_public: o.agentKey.public }, async (challenge) => {
+        const certified = await certifyAgentKey(o.device, o.agentKey, ak, challenge);
+        return { ...(await quoteForChallenge(o.device, ak, akPublic, challenge)), event_log: eventLog ?? Buffer.alloc(0), ...certified };
+      });
+      return acceptResult(result, key, o.trustDomain, o.akBlobs, o.clockToleranceMs);
+    }),
+  );
 }
 
 /**
@@ -242,8 +262,7 @@ export async function checkNode(o: CheckNodeOptions): Promise<{ eventLogSha256: 
   const eventLog = (await readEventLog(o.eventLogPath)) ?? Buffer.alloc(0);
   const sha = eventLog.length ? createHash('sha256').update(eventLog).digest() : Buffer.alloc(0);
   const unchanged = sha.length > 0 && o.lastEventLogSha256?.equals(sha) === true;
-  const { handle: ak, public: akPublic } = await openAk(o.device, o.ekKind, o);
-  try {
+  return withAk(o.device, o.ekKind, o, async (ak, akPublic) => {
     const exchange = (sendLog: boolean): Promise<WireAttestResult> =>
       o.exchange('Check', { ak_public: akPublic }, async (challenge) => ({
         ...(await quoteForChallenge(o.device, ak, akPublic, challenge)),
@@ -259,7 +278,5 @@ export async function checkNode(o: CheckNodeOptions): Promise<{ eventLogSha256: 
       result = await exchange(true);
     }
     return { eventLogSha256: sha, selectors: result.selectors };
-  } finally {
-    await o.device.flush(ak);
-  }
+  });
 }

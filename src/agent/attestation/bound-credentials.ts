@@ -137,9 +137,17 @@ export class BoundChannelCredentials extends grpc.ChannelCredentials {
     this.#o = o;
   }
 
-  /** `err` (a transport failure) as what it was when our own side failed: reason `tpm`. */
-  localFailureOf(err: NodeApiError): NodeApiError {
+  /**
+   * A failed call as what it was when the connection itself failed: the
+   * server's refusal of the binding (its reason), the server's certificate
+   * refused here (`server-certificate-<reason>`), or our own side (`tpm`).
+   * Anything but a transport failure is the server's answer, returned as is.
+   */
+  failureOf(e: unknown): NodeApiError {
+    const err = NodeApiError.from(e);
     if (err.reason !== 'transport') return err;
+    const refusal = this.lastRefusal;
+    if (refusal) return new NodeApiError(refusal.reason, grpc.status.UNAUTHENTICATED, refusal.detail);
     const cert = this.lastServerCertificateFailure;
     if (cert) return new NodeApiError(`server-certificate-${cert.reason}`, grpc.status.UNAVAILABLE, cert.message);
     const local = this.lastLocalFailure;

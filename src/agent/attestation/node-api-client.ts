@@ -88,10 +88,7 @@ export class NodeApiClient {
 
   /** A failure, with the server's reason when it refused the connection itself (the binding). */
   #error(e: unknown): NodeApiError {
-    const err = NodeApiError.from(e);
-    const refusal = this.#creds.lastRefusal;
-    if (err.reason === 'transport' && refusal) return new NodeApiError(refusal.reason, grpc.status.UNAUTHENTICATED, refusal.detail);
-    return this.#creds.localFailureOf(err);
+    return this.#creds.failureOf(e);
   }
 
   #deadline(): grpc.CallOptions {
@@ -117,36 +114,16 @@ export class NodeApiClient {
   }
 
   signX509Svids(requests: readonly { entryId: string; csr: Buffer }[]): Promise<WireX509SvidResult[]> {
-    return new Promise((resolve, reject) => {
-      this.#client.SignX509Svids!(
-        { requests: requests.map((r) => ({ entry_id: r.entryId, csr: r.csr })) },
-        this.#deadline(),
-        (err: grpc.ServiceError | null, res: { results: WireX509SvidResult[] }) => (err ? reject(this.#error(err)) : resolve(res.results)),
-      );
-    });
+    return signX509SvidsCall(this.#client, requests, this.#deadline(), (e) => this.#error(e));
   }
 
   signJwtSvid(entryId: string, audience: readonly string[]): Promise<{ token: string; expiresAt: Date }> {
-    return new Promise((resolve, reject) => {
-      this.#client.SignJwtSvid!(
-        { entry_id: entryId, audience: [...audience] },
-        this.#deadline(),
-        (err: grpc.ServiceError | null, res: { token: string; expires_at: number }) =>
-          err ? reject(this.#error(err)) : resolve({ token: res.token, expiresAt: new Date(res.expires_at * 1000) }),
-      );
-    });
+    return signJwtSvidCall(this.#client, entryId, audience, this.#deadline(), (e) => this.#error(e));
   }
 
   /** SignWitSvid: a WIT-SVID of the entry binding `publicKeyJwk` (JWK JSON with alg). */
   signWitSvid(entryId: string, publicKeyJwk: string): Promise<{ token: string; expiresAt: Date }> {
-    return new Promise((resolve, reject) => {
-      this.#client.SignWitSvid!(
-        { entry_id: entryId, public_key_jwk: publicKeyJwk },
-        this.#deadline(),
-        (err: grpc.ServiceError | null, res: { token: string; expires_at: number }) =>
-          err ? reject(this.#error(err)) : resolve({ token: res.token, expiresAt: new Date(Number(res.expires_at) * 1000) }),
-      );
-    });
+    return signWitSvidCall(this.#client, entryId, publicKeyJwk, this.#deadline(), (e) => this.#error(e));
   }
 
   close(): void {
@@ -194,4 +171,38 @@ export function runExchange(
     call.on('end', () => finish(new NodeApiError('transport', grpc.status.UNAVAILABLE, 'the server ended the stream without a result')));
     call.write({ params });
   });
+}
+
+/** One unary call of the Node API on `client`: the answer, or the failure as `mapError` explains it. */
+function unaryCall<Res>(client: grpc.Client, method: string, request: object, options: grpc.CallOptions, mapError: (e: unknown) => NodeApiError): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    (client as GrpcClient)[method]!(request, options, (err: grpc.ServiceError | null, res: Res) => (err ? reject(mapError(err)) : resolve(res)));
+  });
+}
+
+interface WireToken {
+  readonly token: string;
+  readonly expires_at: number;
+}
+const tokenOf = (res: WireToken): { token: string; expiresAt: Date } => ({ token: res.token, expiresAt: new Date(Number(res.expires_at) * 1000) });
+
+/** SignX509Svids on `client` (NodeApiClient, NodeSession): one result per request. */
+export function signX509SvidsCall(
+  client: grpc.Client,
+  requests: readonly { readonly entryId: string; readonly csr: Buffer }[],
+  options: grpc.CallOptions,
+  mapError: (e: unknown) => NodeApiError,
+): Promise<WireX509SvidResult[]> {
+  const request = { requests: requests.map((r) => ({ entry_id: r.entryId, csr: r.csr })) };
+  return unaryCall<{ results?: WireX509SvidResult[] }>(client, 'SignX509Svids', request, options, mapError).then((res) => res.results ?? []);
+}
+
+/** SignJwtSvid on `client`. */
+export function signJwtSvidCall(client: grpc.Client, entryId: string, audience: readonly string[], options: grpc.CallOptions, mapError: (e: unknown) => NodeApiError): Promise<{ token: string; expiresAt: Date }> {
+  return unaryCall<WireToken>(client, 'SignJwtSvid', { entry_id: entryId, audience: [...audience] }, options, mapError).then(tokenOf);
+}
+
+/** SignWitSvid on `client`: a WIT-SVID of the entry binding `publicKeyJwk` (JWK JSON with alg). */
+export function signWitSvidCall(client: grpc.Client, entryId: string, publicKeyJwk: string, options: grpc.CallOptions, mapError: (e: unknown) => NodeApiError): Promise<{ token: string; expiresAt: Date }> {
+  return unaryCall<WireToken>(client, 'SignWitSvid', { entry_id: entryId, public_key_jwk: publicKeyJwk }, options, mapError).then(tokenOf);
 }

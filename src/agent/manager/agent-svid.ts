@@ -18,7 +18,7 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
  * (it reopens its connection by itself); the error's name for anything else
  * (a bad answer).
  */
-export function failureOf(e: unknown): { reason: string; detail: string } {
+function failureOf(e: unknown): { reason: string; detail: string } {
   if (e instanceof TpmDeviceError) return { reason: 'tpm', detail: `${e.name}: ${e.message}` };
   if (e instanceof NodeApiError) return e;
   if (typeof (e as { code?: unknown })?.code === 'number' && (e as { metadata?: unknown }).metadata) return NodeApiError.from(e);

@@ -184,6 +184,8 @@ export class SvidManager implements IdentitySource {
   #federated = new Map<string, HeldBundle>();
   #jwtBundles: BundleSet;
   readonly #jwtCache = new JwtSvidCache();
+  /** WIT-SVIDs by entry; the tokens of entries no longer held go with the entries (#applyEntries). */
+  readonly #wits = new WitSvidCache(() => this.#now());
   readonly #jwtInFlight = new Map<string, { readonly startedAt: number; readonly promise: Promise<IssuedJwtSvid> }>();
   /**
    * Set while SignJwtSvid calls fail: the next attempt (any audience) waits
@@ -406,6 +408,7 @@ export class SvidManager implements IdentitySource {
     // Any other change (DNS names, TTL) is make-before-break: the held SVID, still valid for the
     // entry's identity, stays served until #rotateOnce has its replacement (issueKey differs: due now).
     this.#entries = next;
+    this.#wits.retain(new Set(next.keys()));
     this.#kinds = new Set([...next.values()].flatMap((e) => e.kinds));
     return changed;
   }
@@ -814,8 +817,6 @@ export class SvidManager implements IdentitySource {
     const entry = this.#jwtEntry(entryId, ['wit-svid']);
     const node = this.#node;
     if (!node.signWitSvid) throw new SvidManagerError('server-unavailable', 'the Node API client cannot ask for WIT-SVIDs');
-    this.#wits ??= new WitSvidCache(() => this.#now());
-    this.#wits.retain(new Set(this.#entries.keys()));
     try {
       return await this.#wits.fetch(entry.id, entry.spiffeId.toString(), (id, jwk) => node.signWitSvid!(id, jwk));
     } catch (e) {
@@ -823,8 +824,6 @@ export class SvidManager implements IdentitySource {
       throw new SvidManagerError('server-unavailable', `no WIT-SVID for ${entry.spiffeId.toString()}: ${(e as Error).message}`);
     }
   }
-
-  #wits: WitSvidCache | undefined;
 
   async validateJwt(token: string, audience: string): Promise<ValidatedJwt> {
     const v = await validateJwtSvid(token, this.#jwtBundles, audience, { now: new Date(this.#now()) });

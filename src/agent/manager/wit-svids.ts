@@ -9,6 +9,7 @@
 import { generateKeyPair, type KeyObject } from 'node:crypto';
 import { promisify } from 'node:util';
 import type { IssuedWitSvid } from '../workload/identity-source.js';
+import { jwtIsFresh } from './schedule.js';
 
 const generate = promisify(generateKeyPair);
 
@@ -41,7 +42,7 @@ export class WitSvidCache {
     const key = `${entryId}\u0000${spiffeId}`;
     const now = this.now();
     const held = this.#held.get(key);
-    if (held && now < held.receivedAt + (held.wit.expiresAt.getTime() - held.receivedAt) / 2) return held.wit;
+    if (held && jwtIsFresh(held.receivedAt, held.wit.expiresAt.getTime(), now)) return held.wit;
     let flight = this.#inFlight.get(key);
     if (!flight) {
       flight = (async () => {

@@ -66,9 +66,9 @@ export class UidCounts {
 }
 
 /** Why a new connection of `uid` is over a limit, or undefined when it may be served. */
-export function connectionOverLimit(limits: WorkloadApiLimits, counts: UidCounts, rootCount: number, uid: number): string | undefined {
+export function connectionOverLimit(limits: WorkloadApiLimits, counts: UidCounts, uid: number): string | undefined {
   if (counts.of(uid) >= limits.maxConnectionsPerUid) return `uid ${uid} already holds ${limits.maxConnectionsPerUid} connections (the per-uid limit)`;
-  if (uid !== 0 && counts.total - rootCount >= limits.maxConnections) return `the agent already holds ${limits.maxConnections} connections (the total limit)`;
+  if (uid !== 0 && counts.total - counts.of(0) >= limits.maxConnections) return `the agent already holds ${limits.maxConnections} connections (the total limit)`;
   return undefined;
 }
 

@@ -279,7 +279,7 @@ class WorkloadApi implements WorkloadApiServer {
       this.#audit({ time: new Date().toISOString(), rpc: 'connection', outcome: 'refused', code: 'UNAVAILABLE', reason: `no peer credentials: ${(e as Error).message}` });
       return;
     }
-    const overLimit = connectionOverLimit(this.#limits, this.#connCounts, this.#connCounts.of(0), peer.uid);
+    const overLimit = connectionOverLimit(this.#limits, this.#connCounts, peer.uid);
     if (overLimit !== undefined) {
       this.#acceptOverLimit(socket, peer, acceptedBy, overLimit);
       return;
@@ -352,10 +352,13 @@ class WorkloadApi implements WorkloadApiServer {
     return conn;
   }
 
-  /** Header, connection, attestation: who is calling, or a refusal. */
-  async #authenticate(call: { metadata: grpc.Metadata; getPeer(): string }): Promise<Caller> {
-    const conn = this.#connectionOf(call);
+  /**
+   * Header, request (`checkRequest`), connection, attestation: who is calling,
+   * or a refusal. `conn`: the call's connection, already counted.
+   */
+  async #authenticate(call: { metadata: grpc.Metadata }, conn: ConnectionIdentity | undefined, checkRequest?: () => void): Promise<Caller> {
     if (!hasSecurityHeader(call.metadata)) throw new RpcRefusal(grpc.status.INVALID_ARGUMENT, 'security header missing from request');
+    checkRequest?.();
     if (!conn) throw new RpcRefusal(grpc.status.UNAVAILABLE, 'the caller could not be identified', 'no peer credentials recorded for the connection');
     if (conn.overLimit !== undefined) throw new RpcRefusal(grpc.status.RESOURCE_EXHAUSTED, 'too many connections', conn.overLimit);
     let attestation: WorkloadAttestation;
@@ -417,11 +420,9 @@ class WorkloadApi implements WorkloadApiServer {
   ): Promise<void> {
     let caller: Caller | undefined;
     // Counted even when refused before attestation (a bad request is still a call).
-    this.#connectionOf(call);
+    const conn = this.#connectionOf(call);
     try {
-      if (!hasSecurityHeader(call.metadata)) throw new RpcRefusal(grpc.status.INVALID_ARGUMENT, 'security header missing from request');
-      checkRequest?.();
-      caller = await this.#authenticate(call);
+      caller = await this.#authenticate(call, conn, checkRequest);
       const { response, spiffeIds } = await answer(caller);
       await this.#ensureSameProcess(caller);
       cb(null, response);
@@ -447,39 +448,51 @@ class WorkloadApi implements WorkloadApiServer {
     throw refusalOf(l);
   }
 
-  async #fetchJwtSvid(req: JwtSvidRequest, caller: Caller, deadline: number | undefined): Promise<{ response: object; spiffeIds: readonly string[] }> {
-    const audience = req.audience ?? [];
-    // A JWT-SVID needs the entry only, not its X.509-SVID (which may still be being signed).
-    let identities = this.#entriesOf(caller).entries;
-    if (req.spiffe_id) {
+  /**
+   * One token (JWT-SVID, WIT-SVID: `what`) per entry of the caller, minted in
+   * parallel; only the entries of `spiffeId` when it is given. Tokens need the
+   * entry only, not its X.509-SVID (which may still be being signed). A mint
+   * that fails is judged again on what the agent knows now: the entry may
+   * have gone (left out), or the node lost its identity.
+   */
+  async #mintEach<T extends object>(caller: Caller, spiffeId: string | undefined, what: string, mint: (entry: MatchedEntry) => Promise<T>): Promise<T[]> {
+    let entries = this.#entriesOf(caller).entries;
+    if (spiffeId) {
       let wanted: SpiffeId;
       try {
-        wanted = SpiffeId.parse(req.spiffe_id);
+        wanted = SpiffeId.parse(spiffeId);
       } catch (e) {
         if (e instanceof InvalidSpiffeIdError) throw new RpcRefusal(grpc.status.INVALID_ARGUMENT, `spiffe_id: ${e.reason}`);
         throw e;
       }
-      identities = identities.filter((i) => i.spiffeId.equals(wanted));
-      if (identities.length === 0) {
+      entries = entries.filter((i) => i.spiffeId.equals(wanted));
+      if (entries.length === 0) {
         throw new RpcRefusal(grpc.status.PERMISSION_DENIED, `no identity issued for ${wanted.toString()}`, `caller asked for ${wanted.toString()}, which it does not hold`);
       }
     }
     const minted = await Promise.all(
-      identities.map(async (i) => {
+      entries.map(async (i) => {
         try {
-          const jwt = await this.#source.fetchJwtSvid(i.entryId, audience, deadline === undefined ? {} : { deadline });
-          return { spiffe_id: i.spiffeId.toString(), svid: jwt.token, hint: i.hint };
+          return await mint(i);
         } catch (e) {
-          // Judged again on what the agent knows now: the entry may have gone, or the node lost its identity.
           const now = this.#lookup(caller);
           if (now.kind === 'denied') throw refusalOf(now);
           if (now.kind === 'matched' && !now.entries.some((m) => m.entryId === i.entryId)) return undefined;
-          throw new RpcRefusal(grpc.status.UNAVAILABLE, 'could not fetch a JWT-SVID', `minting for ${i.spiffeId.toString()} failed: ${(e as Error).message}`);
+          throw new RpcRefusal(grpc.status.UNAVAILABLE, `could not fetch a ${what}`, `minting for ${i.spiffeId.toString()} failed: ${(e as Error).message}`);
         }
       }),
     );
-    const svids = minted.filter((m) => m !== undefined);
-    if (svids.length === 0) throw new RpcRefusal(grpc.status.PERMISSION_DENIED, NO_IDENTITY, 'the matching entries were removed while their JWT-SVIDs were minted');
+    const tokens = minted.filter((m) => m !== undefined);
+    if (tokens.length === 0) throw new RpcRefusal(grpc.status.PERMISSION_DENIED, NO_IDENTITY, `the matching entries were removed while their ${what}s were minted`);
+    return tokens;
+  }
+
+  async #fetchJwtSvid(req: JwtSvidRequest, caller: Caller, deadline: number | undefined): Promise<{ response: object; spiffeIds: readonly string[] }> {
+    const audience = req.audience ?? [];
+    const svids = await this.#mintEach(caller, req.spiffe_id, 'JWT-SVID', async (i) => {
+      const jwt = await this.#source.fetchJwtSvid(i.entryId, audience, deadline === undefined ? {} : { deadline });
+      return { spiffe_id: i.spiffeId.toString(), svid: jwt.token, hint: i.hint };
+    });
     return { response: { svids }, spiffeIds: svids.map((s) => s.spiffe_id) };
   }
 
@@ -521,7 +534,7 @@ class WorkloadApi implements WorkloadApiServer {
   async #openStream(rpc: WorkloadRpc, kind: StreamKind, call: grpc.ServerWritableStream<unknown, unknown>): Promise<void> {
     let caller: Caller;
     try {
-      caller = await this.#authenticate(call);
+      caller = await this.#authenticate(call, this.#connectionOf(call));
     } catch (e) {
       this.#endStream(call, this.#refused(rpc, undefined, call, e));
       return;
@@ -589,7 +602,6 @@ class WorkloadApi implements WorkloadApiServer {
    * one more round, so a slow reader gets the latest state, not a backlog.
    */
   async #pump(st: OpenStream): Promise<void> {
-    if (st.kind === 'witsvid') return this.#pumpWit(st);
     if (st.running) {
       st.dirty = true;
       return;
@@ -599,12 +611,9 @@ class WorkloadApi implements WorkloadApiServer {
       do {
         st.dirty = false;
         if (st.closed) return;
-        const answer = this.#answer(st.kind, st.caller);
-        if ('refusal' in answer) {
-          this.#endStream(st.call, this.#refused(st.rpc, st.caller, st.call, answer.refusal));
-          return;
-        }
-        if (st.last?.equals(answer.bytes)) continue;
+        const next = st.kind === 'witsvid' ? await this.#nextWit(st) : this.#nextAnswer(st);
+        if (next === 'ended') return;
+        if (next === 'retry' || st.last?.equals(next.bytes)) continue;
         try {
           await this.#ensureSameProcess(st.caller);
         } catch (e) {
@@ -612,14 +621,22 @@ class WorkloadApi implements WorkloadApiServer {
           return;
         }
         if (st.closed) return;
-        const more = st.call.write(answer.bytes);
-        st.last = answer.bytes;
-        if (st.kind === 'x509svid') this.#auditEvent(st.rpc, st.caller, undefined, { outcome: 'issued', spiffeIds: answer.spiffeIds });
+        const more = st.call.write(next.bytes);
+        st.last = next.bytes;
+        if (st.kind === 'x509svid' || st.kind === 'witsvid') this.#auditEvent(st.rpc, st.caller, undefined, { outcome: 'issued', spiffeIds: next.spiffeIds });
         if (!more) await drained(st.call);
       } while (st.dirty);
     } finally {
       st.running = false;
     }
+  }
+
+  /** The (shared) answer of an X.509-SVID or bundle stream; a refusal ends the stream. */
+  #nextAnswer(st: OpenStream): { readonly bytes: Buffer; readonly spiffeIds: readonly string[] } | 'ended' {
+    const answer = this.#answer(st.kind, st.caller);
+    if (!('refusal' in answer)) return answer;
+    this.#endStream(st.call, this.#refused(st.rpc, st.caller, st.call, answer.refusal));
+    return 'ended';
   }
 
   /**
@@ -629,86 +646,39 @@ class WorkloadApi implements WorkloadApiServer {
    * that fails keeps the stream (the tokens sent are still valid) and is
    * retried; a first answer that cannot be had ends it with Unavailable.
    */
-  async #pumpWit(st: OpenStream): Promise<void> {
-    if (st.running) {
-      st.dirty = true;
-      return;
-    }
-    st.running = true;
+  async #nextWit(st: OpenStream): Promise<{ readonly bytes: Buffer; readonly spiffeIds: readonly string[] } | 'ended' | 'retry'> {
+    clearTimeout(st.witRefresh);
+    let svids: WitSvidMessage[];
+    let renewAt: number;
     try {
-      do {
-        st.dirty = false;
-        if (st.closed) return;
-        clearTimeout(st.witRefresh);
-        let svids: WitSvidMessage[];
-        let renewAt: number;
-        try {
-          ({ svids, renewAt } = await this.#witSvids(st));
-        } catch (e) {
-          if (st.last && !(e instanceof RpcRefusal && e.code === grpc.status.PERMISSION_DENIED) && !(e instanceof RpcRefusal && e.code === grpc.status.INVALID_ARGUMENT)) {
-            st.witRefresh = setTimeout(() => void this.#pump(st), WIT_RETRY_MS);
-            st.witRefresh.unref();
-            continue;
-          }
-          this.#endStream(st.call, this.#refused(st.rpc, st.caller, st.call, e));
-          return;
-        }
-        if (st.closed) return;
-        // Half of what is left of the shortest-lived token: the source renews at half of its life, so a
-        // look that finds the same tokens comes back sooner each time, never after they expire.
-        st.witRefresh = setTimeout(() => void this.#pump(st), Math.max(WIT_MIN_LOOK_MS, renewAt - Date.now()));
+      ({ svids, renewAt } = await this.#witSvids(st));
+    } catch (e) {
+      const final = e instanceof RpcRefusal && (e.code === grpc.status.PERMISSION_DENIED || e.code === grpc.status.INVALID_ARGUMENT);
+      if (st.last && !final) {
+        st.witRefresh = setTimeout(() => void this.#pump(st), WIT_RETRY_MS);
         st.witRefresh.unref();
-        const bytes = this.#serialize.witsvid({ svids });
-        if (st.last?.equals(bytes)) continue;
-        try {
-          await this.#ensureSameProcess(st.caller);
-        } catch (e) {
-          this.#endStream(st.call, this.#refused(st.rpc, st.caller, st.call, e));
-          return;
-        }
-        if (st.closed) return;
-        const more = st.call.write(bytes);
-        st.last = bytes;
-        this.#auditEvent(st.rpc, st.caller, undefined, { outcome: 'issued', spiffeIds: svids.map((s) => s.spiffe_id) });
-        if (!more) await drained(st.call);
-      } while (st.dirty);
-    } finally {
-      st.running = false;
+        return 'retry';
+      }
+      this.#endStream(st.call, this.#refused(st.rpc, st.caller, st.call, e));
+      return 'ended';
     }
+    if (st.closed) return 'ended';
+    // Half of what is left of the shortest-lived token: the source renews at half of its life, so a
+    // look that finds the same tokens comes back sooner each time, never after they expire.
+    st.witRefresh = setTimeout(() => void this.#pump(st), Math.max(WIT_MIN_LOOK_MS, renewAt - Date.now()));
+    st.witRefresh.unref();
+    return { bytes: this.#serialize.witsvid({ svids }), spiffeIds: svids.map((s) => s.spiffe_id) };
   }
 
   /** The WIT-SVIDs of the stream's caller (optionally only `spiffe_id`), and when to look again. */
   async #witSvids(st: OpenStream): Promise<{ svids: WitSvidMessage[]; renewAt: number }> {
-    let entries = this.#entriesOf(st.caller).entries;
-    if (st.witSpiffeId) {
-      let wanted: SpiffeId;
-      try {
-        wanted = SpiffeId.parse(st.witSpiffeId);
-      } catch (e) {
-        if (e instanceof InvalidSpiffeIdError) throw new RpcRefusal(grpc.status.INVALID_ARGUMENT, `spiffe_id: ${e.reason}`);
-        throw e;
-      }
-      entries = entries.filter((i) => i.spiffeId.equals(wanted));
-      if (entries.length === 0) throw new RpcRefusal(grpc.status.PERMISSION_DENIED, `no identity issued for ${wanted.toString()}`, `caller asked for ${wanted.toString()}, which it does not hold`);
-    }
     let renewAt = Infinity;
-    const minted = await Promise.all(
-      entries.map(async (i) => {
-        try {
-          const wit = await this.#source.fetchWitSvid!(i.entryId);
-          const now = Date.now();
-          renewAt = Math.min(renewAt, now + (wit.expiresAt.getTime() - now) / 2);
-          return { spiffe_id: i.spiffeId.toString(), wit_svid: wit.token, wit_svid_key: wit.privateKeyJwk, hint: i.hint };
-        } catch (e) {
-          const l = this.#lookup(st.caller);
-          if (l.kind === 'denied') throw refusalOf(l);
-          if (l.kind === 'matched' && !l.entries.some((m) => m.entryId === i.entryId)) return undefined;
-          throw new RpcRefusal(grpc.status.UNAVAILABLE, 'could not fetch a WIT-SVID', `minting for ${i.spiffeId.toString()} failed: ${(e as Error).message}`);
-        }
-      }),
-    );
-    const svids = minted.filter((m) => m !== undefined);
-    if (svids.length === 0) throw new RpcRefusal(grpc.status.PERMISSION_DENIED, NO_IDENTITY, 'the matching entries were removed while their WIT-SVIDs were minted');
+    const svids = await this.#mintEach(st.caller, st.witSpiffeId, 'WIT-SVID', async (i): Promise<WitSvidMessage> => {
+      const wit = await this.#source.fetchWitSvid!(i.entryId);
+      const now = Date.now();
+      renewAt = Math.min(renewAt, now + (wit.expiresAt.getTime() - now) / 2);
+      return { spiffe_id: i.spiffeId.toString(), wit_svid: wit.token, wit_svid_key: wit.privateKeyJwk, hint: i.hint };
+    });
     return { svids, renewAt };
   }
 
