@@ -119,6 +119,12 @@ export function verifyServerChain(chainDer: readonly Buffer[], trustPem: string,
   if (id !== serverId) throw new ServerCertificateError('identity', undefined, `the server presented ${id}, not ${serverId}`);
 }
 
+/** The connections one grpc-js connector is making, so that destroy() can end them. */
+interface ConnectAttempts {
+  destroyed: boolean;
+  readonly sockets: Set<Socket>;
+}
+
 export class BoundChannelCredentials extends grpc.ChannelCredentials {
   readonly #o: BoundCredentialsOptions;
   /** The last refusal of a binding, cleared by the next bound connection. */
@@ -164,15 +170,35 @@ export class BoundChannelCredentials extends grpc.ChannelCredentials {
   }
 
   override _createSecureConnector(): ReturnType<grpc.ChannelCredentials['_createSecureConnector']> {
+    // grpc-js destroys the connector when the channel closes: a connection still
+    // being made must end there, not bind (and be audited) after its owner is gone.
+    const attempt: ConnectAttempts = { destroyed: false, sockets: new Set() };
     return {
-      connect: (socket: Socket) => this.#connect(socket),
+      connect: (socket: Socket) => this.#connect(socket, attempt),
       waitForReady: () => Promise.resolve(),
       getCallCredentials: () => grpc.CallCredentials.createEmpty(),
-      destroy: () => undefined,
+      destroy: () => {
+        attempt.destroyed = true;
+        for (const s of attempt.sockets) s.destroy();
+        attempt.sockets.clear();
+      },
     };
   }
 
-  async #connect(socket: Socket): Promise<{ socket: Socket; secure: boolean }> {
+  async #connect(socket: Socket, attempt: ConnectAttempts): Promise<{ socket: Socket; secure: boolean }> {
+    if (attempt.destroyed) {
+      socket.destroy();
+      throw new Error('the channel was closed');
+    }
+    attempt.sockets.add(socket);
+    try {
+      return await this.#connectTls(socket);
+    } finally {
+      attempt.sockets.delete(socket);
+    }
+  }
+
+  async #connectTls(socket: Socket): Promise<{ socket: Socket; secure: boolean }> {
     const timeoutMs = this.#o.timeoutMs ?? 15_000;
     const tls = await new Promise<TLSSocket>((resolve, reject) => {
       const t: TLSSocket = tlsConnect(
