@@ -128,4 +128,14 @@ export class FakeNode implements NodeApi {
     this.jwtMints++;
     return { token: await mintJwtSvid({ signer: this.jwtSigner, sub: SpiffeId.parse(e.spiffe_id), aud: audience, expiresAt }), expiresAt };
   }
+
+  witMints = 0;
+
+  /** A stand-in token (the manager caches it; its format is the CA's business, tested with the real CA). */
+  async signWitSvid(entryId: string, publicKeyJwk: string): Promise<{ token: string; expiresAt: Date }> {
+    if (this.down) throw new NodeApiError('transport', grpc.status.UNAVAILABLE, 'connection refused');
+    if (!this.entries.some((x) => x.id === entryId)) throw new NodeApiError('not-authorized', grpc.status.PERMISSION_DENIED, 'no such entry');
+    this.witMints++;
+    return { token: `wit-${this.witMints}-${JSON.parse(publicKeyJwk).x as string}`, expiresAt: new Date(Math.floor((Date.now() + this.jwtTtlMs) / 1000) * 1000) };
+  }
 }

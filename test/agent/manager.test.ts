@@ -523,6 +523,8 @@ describe('lookup: what the agent can say about a caller', () => {
     h.node.entries = [entry('a', '/a', ['unix:uid:1'])];
     h.manager.start();
     await settle();
+    const wit = await h.manager.fetchWitSvid('a');
+    expect(h.node.witMints).toBe(1);
     h.manager.revokeIdentity('drifted');
     expect(h.manager.lookup(sel('unix:uid:1'))).toMatchObject({ kind: 'denied', detail: expect.stringContaining('drifted') });
     expect(h.manager.identitiesFor(sel('unix:uid:1'))).toEqual([]);
@@ -535,6 +537,10 @@ describe('lookup: what the agent can say about a caller', () => {
     h.node.x509Fault = undefined;
     await vi.advanceTimersByTimeAsync(6000);
     expect(h.manager.lookup(sel('unix:uid:1'))).toMatchObject({ kind: 'matched', identities: [{ entryId: 'a' }] });
+    // A WIT-SVID minted before the revocation is not served after it: a new one is minted.
+    const after = await h.manager.fetchWitSvid('a');
+    expect(h.node.witMints).toBe(2);
+    expect(after.token).not.toBe(wit.token);
     h.manager.stop();
   });
 });

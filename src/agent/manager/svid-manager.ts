@@ -297,6 +297,8 @@ export class SvidManager implements IdentitySource {
     this.#revoked = reason;
     this.#svids.clear();
     this.#jwtCache.clear();
+    // Tokens minted before the revocation must not outlive it.
+    this.#wits.retain(new Set());
     this.#log.error('the node lost its identity: every SVID is dropped until it attests again', { reason, dropped: had });
     this.#emit();
   }
