@@ -557,7 +557,7 @@ describe('make-before-break on an open FetchX509SVID stream', () => {
 
 // Last: it stops and restarts the server.
 describe('a server outage under a burst of FetchJWTSVID for audiences not cached', () => {
-  it('answers are only OK or UNAVAILABLE, never PermissionDenied, and after the restart every one succeeds', async () => {
+  it('answers are only OK or UNAVAILABLE (or the caller\'s own deadline), never PermissionDenied, and after the restart every one succeeds', async () => {
     let n = 0;
     const codes: number[] = [];
     const burst = async (size: number): Promise<number[]> => {
@@ -594,7 +594,9 @@ describe('a server outage under a burst of FetchJWTSVID for audiences not cached
     // And the agent is in sync again (its entries stream reopened), not only minting.
     await until(() => logLines.slice(mark).some((l) => l.msg === 'reconnected to the server'), 30_000, 'the agent to re-sync');
     const names = [...new Set(codes.map((c) => grpc.status[c]))].sort();
-    expect(names.filter((c) => c !== 'OK' && c !== 'UNAVAILABLE')).toEqual([]);
+    // The agent answers 200 ms before the caller's deadline; on a loaded machine the answer can still
+    // arrive after it, which the client reports as its own DEADLINE_EXCEEDED (retryable, like UNAVAILABLE).
+    expect(names.filter((c) => c !== 'OK' && c !== 'UNAVAILABLE' && c !== 'DEADLINE_EXCEEDED')).toEqual([]);
     expect(codes.filter((c) => c === grpc.status.PERMISSION_DENIED)).toHaveLength(0);
     const refusals = logLines.slice(mark).filter((l) => l.event === 'workload.refused' && l.uid === UID);
     expect(refusals.every((l) => l.code === 'UNAVAILABLE')).toBe(true);
