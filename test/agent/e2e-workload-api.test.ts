@@ -30,10 +30,11 @@ afterAll(() => runtime.dispose());
 import type { AgentConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/log/index.js';
 import { parseSelector, serverIdOf } from '../../src/server/store/index.js';
-import { bundleFromX509Der, bundleToJwksJson, bundleX509Der, jwtBundleJson, parseDerCertificates, TrustBundle, verifyX509Svid } from '../../src/spiffe/index.js';
+import { bundleFromX509Der, bundleToJwksJson, bundleX509Der, jwtBundleJson, parseDerCertificates, TrustBundle, verifyX509Svid, witAuthoritiesFromJson, witAuthoritiesOf, witBundleJson } from '../../src/spiffe/index.js';
 import { SpiffeId, TrustDomain } from '../../src/spiffe/id.js';
 import { issueLeaf, makeCa } from '../workload/certs.js';
 import { header, StreamReader, unary, workloadClient, type BundlesResponse, type WorkloadClient, type X509SvidResponse } from '../workload/client.js';
+import { jwcryptoVerifyWit, type WitBundlesResponse, type WitSvidResponse } from '../workload/jwcrypto.js';
 import { agentConfig } from './agent-config.js';
 import { TD, TestServer } from './server-harness.js';
 
@@ -553,6 +554,38 @@ describe('make-before-break on an open FetchX509SVID stream', () => {
       r.cancel();
     }
   }, 60_000);
+});
+
+describe('WIT-SVIDs through the real agent and server', () => {
+  it("FetchWITSVID serves a token per identity, signed by the server's CA through the Node API, that python3-jwcrypto verifies against the FetchWITBundles bundle and the server's own JWT keys; the cnf key is the one handed out", async () => {
+    const wits = new StreamReader<WitSvidResponse>(client.FetchWITSVID({}, header()));
+    const bundles = new StreamReader<WitBundlesResponse>(client.FetchWITBundles({}, header()));
+    try {
+      const [res, b] = await Promise.all([wits.next(20_000), bundles.next(20_000)]);
+      expect(res.svids.map((s) => s.spiffe_id).sort()).toEqual([`${OWN}/federating`, `${OWN}/stable`]);
+      // The bundle the agent serves is the server CA's JWT keys under their WIT key IDs, nothing else.
+      const served = witAuthoritiesFromJson(b.bundles[OWN]!);
+      const own = witAuthoritiesOf(server.ca.bundle().jwtAuthorities);
+      expect([...served.keys()].sort()).toEqual([...own.keys()].sort());
+      for (const [kid, key] of own) expect(served.get(kid)!.equals(key)).toBe(true);
+
+      // The independent check: jwcrypto with the bundle built from the server's keys, not the agent's copy.
+      const results = await jwcryptoVerifyWit(witBundleJson(own), res.svids);
+      for (const r of results) {
+        expect(r).toMatchObject({ verified: true, typ: 'wit+jwt', alg: 'ES256', sub: r.spiffe_id, exp_in_future: true, key_is_private: true, pop_verified: true });
+        expect(own.has(r.kid!)).toBe(true);
+      }
+      // Each identity its own key pair, and the server audited each issuance for this agent's entries.
+      expect(new Set(res.svids.map((s) => JSON.parse(s.wit_svid_key).x)).size).toBe(res.svids.length);
+      for (const s of res.svids) {
+        const jti = (JSON.parse(Buffer.from(s.wit_svid.split('.')[1]!, 'base64url').toString()) as { jti: string }).jti;
+        expect(server.audit.events.some((e) => (e as { event?: string; jti?: string }).event === 'svid.wit_issued' && (e as { jti?: string }).jti === jti)).toBe(true);
+      }
+    } finally {
+      wits.cancel();
+      bundles.cancel();
+    }
+  }, 40_000);
 });
 
 // Last: it stops and restarts the server.

@@ -4,9 +4,7 @@
  * real gRPC, the tokens checked by an independent JOSE implementation
  * (Debian's python3-jwcrypto) against the WIT bundle the agent serves.
  */
-import { execFile } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
-import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startWorkloadApiServer, type WorkloadApiServer } from '../../src/agent/workload/index.js';
@@ -31,31 +29,7 @@ import {
 import { SpiffeId } from '../../src/spiffe/id.js';
 import { FakeIdentitySource, type FakeEntry } from './fake-source.js';
 import { header, StreamReader, tmpSocketPath, workloadClient, type WorkloadClient } from './client.js';
-
-/** Debian's interpreter, where python3-jwcrypto is installed (a pyenv python3 on PATH would not have it). */
-const PYTHON = '/usr/bin/python3';
-const VERIFY = join(import.meta.dirname, 'fixtures', 'jwcrypto_verify_wit.py');
-
-interface PyResult {
-  spiffe_id: string;
-  verified: boolean;
-  error?: string;
-  typ?: string;
-  kid?: string;
-  alg?: string;
-  sub?: string;
-  exp_in_future?: boolean;
-  cnf_alg?: string;
-  key_is_private?: boolean;
-  pop_verified?: boolean;
-}
-
-function jwcrypto(bundle: string, svids: { spiffe_id: string; wit_svid: string; wit_svid_key: string }[]): Promise<PyResult[]> {
-  return new Promise((resolve, reject) => {
-    const child = execFile(PYTHON, [VERIFY], { timeout: 30_000 }, (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(JSON.parse(stdout) as PyResult[])));
-    child.stdin!.end(JSON.stringify({ bundle, svids }));
-  });
-}
+import { jwcryptoVerifyWit as jwcrypto, type WitBundlesResponse, type WitSvidResponse } from './jwcrypto.js';
 
 const ecKey = (curve = 'P-256') => generateKeyPairSync('ec', { namedCurve: curve }).privateKey;
 const signer = signerFromPrivateKey(ecKey(), 'ES256');
@@ -175,13 +149,6 @@ class WitSource extends FakeIdentitySource {
     this.#cache.set(entryId, { wit, at: Date.now() });
     return wit;
   }
-}
-
-interface WitSvidResponse {
-  svids: { spiffe_id: string; wit_svid: string; wit_svid_key: string; hint: string }[];
-}
-interface WitBundlesResponse {
-  bundles: Record<string, string>;
 }
 
 describe('FetchWITSVID and FetchWITBundles over the Workload API socket', () => {
