@@ -16,6 +16,14 @@ const run = promisify(execFile);
 export interface SwtpmOptions {
   /** PCR banks to activate; swtpm's default is sha256 only. */
   pcrBanks?: string[];
+  /**
+   * Run an H-CRTM sequence with these bytes (a string as UTF-8) at every
+   * launch, as a platform with a hardware CRTM does at every power-on: start,
+   * restart() and resume() alike, since each is a TPM reset. The TPM then
+   * starts PCR 0 at 00…04 and extends H(data) into it in every active bank,
+   * before TPM2_Startup: PCR 0 = H(00…04 || H(data)).
+   */
+  hcrtm?: Buffer | string;
 }
 
 export interface Swtpm {
@@ -107,6 +115,23 @@ function waitForPort(host: string, port: number, timeoutMs: number): Promise<voi
   });
 }
 
+/** The H-CRTM sequence with `data` (read by swtpm_ioctl from stdin), then TPM2_Startup(CLEAR). */
+async function runHcrtm(host: string, ctrlPort: number, data: Buffer, env: NodeJS.ProcessEnv): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const c = spawn('swtpm_ioctl', ['--tcp', `${host}:${ctrlPort}`, '-h', '-'], { stdio: ['pipe', 'ignore', 'pipe'] });
+    let stderr = '';
+    c.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+    c.once('error', (e) => reject(new SimulatorError(`swtpm_ioctl -h: ${e.message}`)));
+    c.once('exit', (code) => (code === 0 ? resolve() : reject(new SimulatorError(`swtpm_ioctl -h exited (${code}): ${stderr.trim()}`))));
+    c.stdin?.end(data);
+  });
+  try {
+    await run('tpm2_startup', ['-c'], { env });
+  } catch (e) {
+    throw new SimulatorError(`tpm2_startup -c after the H-CRTM sequence failed: ${(e as Error).message}`);
+  }
+}
+
 /** Creates and starts a fresh swtpm with RSA-2048 and ECC EKs and their certificates. */
 export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
   installExitHook();
@@ -136,6 +161,12 @@ export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
   const host = '127.0.0.1';
   let child: ChildProcess | undefined;
   let port = 0;
+  const hcrtm = opts.hcrtm === undefined ? undefined : Buffer.from(opts.hcrtm);
+  const toolsEnv = (): NodeJS.ProcessEnv => ({ ...process.env, TPM2TOOLS_TCTI: `swtpm:host=${host},port=${port}` });
+  // The H-CRTM sequence (_TPM_Hash_Start/Data/End, sent by swtpm_ioctl -h on
+  // the control channel) is only accepted before TPM2_Startup: such a TPM is
+  // launched without swtpm's startup-clear flag and started afterwards.
+  const flags = hcrtm ? 'not-need-init' : 'not-need-init,startup-clear';
 
   const launch = async (samePort = false): Promise<void> => {
     let lastErr: unknown;
@@ -148,7 +179,7 @@ export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
           'socket', '--tpm2', '--tpmstate', `dir=${stateDir}`,
           '--server', `type=tcp,port=${port},bindaddr=${host}`,
           '--ctrl', `type=tcp,port=${port + 1},bindaddr=${host}`,
-          '--flags', 'not-need-init,startup-clear',
+          '--flags', flags,
           '--log', `file=${join(dir, 'swtpm.log')},level=1`,
         ],
         { stdio: ['ignore', 'ignore', 'pipe'] },
@@ -161,6 +192,7 @@ export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
       try {
         await Promise.race([waitForPort(host, port, 5000), exited]);
         await Promise.race([waitForPort(host, port + 1, 5000), exited]);
+        if (hcrtm) await Promise.race([runHcrtm(host, port + 1, hcrtm, toolsEnv()), exited]);
         exited.catch(() => undefined);
         child = c;
         live.add(c);

@@ -90,9 +90,16 @@ export interface ParseOptions {
 const SPEC_ID_03 = Buffer.from('Spec ID Event03\0', 'latin1');
 const STARTUP_LOCALITY = Buffer.from('StartupLocality\0', 'latin1');
 const SHA1_SIZE = 20;
-/** Fixed part of an event before its data: TCG_PCR_EVENT up to eventSize; TCG_PCR_EVENT2 up to the digest count. */
+/** Fixed part of a TCG_PCR_EVENT before its data: pcrIndex, eventType, digest, eventSize. */
 const SHA1_HEADER = 4 + 4 + SHA1_SIZE + 4;
-const AGILE_HEADER = 4 + 4 + 4;
+/**
+ * The end of a crypto-agile log: a TCG_PCR_EVENT2 header with nothing in it,
+ * pcrIndex, eventType, a digest count of 0 and the eventSize that then follows
+ * at once, all zero. The eventSize is part of it (as in SHA1_HEADER): a header
+ * of PCR 0, type 0 and no digests that carries data is an event missing its
+ * digests, not zero fill.
+ */
+const AGILE_END_HEADER = 4 + 4 + 4 + 4;
 const HCRTM_DATA = Buffer.from('HCRTM', 'latin1');
 /** Bounds on the Spec ID event: no real log lists more than a handful of algorithms. */
 const MAX_SPEC_ALGORITHMS = 32;
@@ -114,7 +121,7 @@ export function parseEventLog(input: Uint8Array, opts: ParseOptions = {}): Event
   const first = readSha1Event(r, 0, limits);
   const specId = isSpecIdHeader(first) ? parseSpecId(first) : undefined;
   events.push(first);
-  const headerSize = specId === undefined ? SHA1_HEADER : AGILE_HEADER;
+  const headerSize = specId === undefined ? SHA1_HEADER : AGILE_END_HEADER;
   while (r.remaining > 0 && !isZeroHeader(r, headerSize)) {
     checkCount(events.length, r.offset, limits);
     events.push(specId === undefined ? readSha1Event(r, events.length, limits) : readAgileEvent(r, events.length, specId, limits));
