@@ -29,7 +29,7 @@ import type { TrustDomain } from '../spiffe/id.js';
 import { TpmDevice, type AgentKeyHandle, type AkBlobs } from '../tpm/device.js';
 import { TpmConnectionError, TpmDeviceError, TpmError, TpmObjectError } from '../tpm/tpm-error.js';
 import { X509SvidError } from '../spiffe/index.js';
-import { AgentAttestationError, AgentClockError, attestNode, checkNode, NodeApiError, renewAgentSvid, tpmAgentKey, type AgentKey, type AgentSvid } from './attestation/index.js';
+import { AgentAttestationError, AgentClockError, attestNode, checkNode, NodeApiError, renewAgentSvid, tpmAgentKey, type AgentKey, type AgentSvid, type ServerCaEndorsement } from './attestation/index.js';
 import { AgentSvidRotator, Backoff, formatDelay, SvidManager, type AgentIdentity, type BackoffOptions } from './manager/index.js';
 import { NodeSession } from './node-client.js';
 import { startWorkloadApiServer, svidKeyGenerator, workloadAuditEvent, type WorkloadApiServer, type WorkloadAuditEvent } from './workload/index.js';
@@ -262,6 +262,24 @@ export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
       );
     }
   };
+  /**
+   * The server's CA was new here but signed by one this agent trusts (its
+   * rollover certificate after a rotation the agent did not see): the
+   * connection is trusted, and the current bundle arrives over it and is
+   * cached. Said once per CA.
+   */
+  const endorsedSeen = new Set<string>();
+  const onServerCaEndorsed = (e: ServerCaEndorsement): void => {
+    if (endorsedSeen.has(e.authority.fingerprint256)) return;
+    endorsedSeen.add(e.authority.fingerprint256);
+    log.warn("the server's CA is new to this agent (a CA rotation it missed); trusted because a CA this agent trusts signed it; the current bundle is fetched from the server", {
+      authority: e.authority.subject,
+      rolloverCertificateFingerprint: e.authority.fingerprint256,
+      endorsedBy: e.endorsedBy.subject,
+      endorsedByFingerprint: e.endorsedBy.fingerprint256,
+      endorsementNotAfter: e.authority.notAfter,
+    });
+  };
   const eventLogPath = config.tpm.event_log ?? DEFAULT_EVENT_LOG;
   const ekKind = config.tpm.ek_kind;
 
@@ -287,7 +305,7 @@ export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
     const agentKey = tpmAgentKey(device, agentKeyHandle);
     const keyHandle = agentKeyHandle;
     const attest = async (): Promise<AgentIdentity> => {
-      const svid = await attestNode({ device, ekKind, ...akRef, agentKey: keyHandle, eventLogPath, serverAddress, serverCaBundle: serverTrust(), trustDomain: td.name, clockToleranceMs });
+      const svid = await attestNode({ device, ekKind, ...akRef, agentKey: keyHandle, eventLogPath, serverAddress, serverCaBundle: serverTrust(), trustDomain: td.name, clockToleranceMs, onServerCaEndorsed });
       return identityOf(svid, agentKey);
     };
 
@@ -319,6 +337,7 @@ export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
       serverTrust,
       svid: identity,
       clockToleranceMs,
+      onServerCaEndorsed,
       onServerCertificateRefused: (e) => {
         if (e.reason === 'server-certificate-untrusted') void rereadBootstrap(e.detail);
         else log.warn(`the server's certificate is refused (${e.reason})`, { reason: e.reason, detail: e.detail });
@@ -337,6 +356,7 @@ export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
       logger: log.child({ component: 'svid-manager' }),
       initialX509Bundle: identity.bundle,
       agentSvidExpiresAt: identity.expiresAt,
+      clockToleranceMs,
       onBundles: saveBundle,
       onIdentityLost: (reason, detail) => loseIdentity(reason, detail),
       ...(o.tuning?.backoff ? { backoff: o.tuning.backoff } : {}),
@@ -375,6 +395,7 @@ export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
           serverCaBundle: serverTrust(),
           trustDomain: td.name,
           clockToleranceMs,
+          onServerCaEndorsed,
         });
         return identityOf(svid, agentKey);
       },

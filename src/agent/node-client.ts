@@ -17,6 +17,7 @@ import {
   signWitSvidCall,
   signX509SvidsCall,
   type AgentCredential,
+  type ServerCaEndorsement,
   type ExchangeMethod,
   type WireAnswer,
   type WireAttestResult,
@@ -44,6 +45,8 @@ export interface NodeSessionOptions {
   readonly keepaliveMs?: number;
   /** Clock skew tolerated when checking the server's certificate (ms). */
   readonly clockToleranceMs?: number;
+  /** The server's CA was new to this agent and accepted through a rollover certificate. */
+  readonly onServerCaEndorsed?: (e: ServerCaEndorsement) => void;
 }
 
 type GrpcClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
@@ -74,7 +77,13 @@ export class NodeSession implements NodeApi {
   }
 
   #connect(): GrpcClient {
-    const creds = new BoundChannelCredentials({ trustPem: this.#o.serverTrust, serverId: this.#serverId, credential: () => this.#svid, clockToleranceMs: this.#o.clockToleranceMs ?? 0 });
+    const creds = new BoundChannelCredentials({
+      trustPem: this.#o.serverTrust,
+      serverId: this.#serverId,
+      credential: () => this.#svid,
+      clockToleranceMs: this.#o.clockToleranceMs ?? 0,
+      ...(this.#o.onServerCaEndorsed ? { onServerCaEndorsed: this.#o.onServerCaEndorsed } : {}),
+    });
     this.#creds = creds;
     const Ctor = nodeApiClientConstructor();
     return new Ctor(this.#o.address, creds, {

@@ -285,3 +285,61 @@ export function verifyX509Svid(
   }
   return { id, verifiedChain };
 }
+
+/** A CA certificate accepted through key rollover, and the bundle authority that signed it. */
+export interface EndorsedAuthority {
+  readonly authority: X509Certificate;
+  readonly endorsedBy: X509Certificate;
+}
+
+/**
+ * Key rollover (the "new with old" certificate of RFC 4210 §4.4): among
+ * `candidates`, the CA certificates of `td` that an authority of its bundle
+ * signed, for a verifier whose bundle predates a CA rotation. Whoever holds a
+ * bundle authority's key can already sign any SVID of the trust domain, so
+ * accepting a CA it vouches for grants that key nothing new: the signer's
+ * pathLenConstraint (0 in keel's CAs, which is about X.509 paths of
+ * intermediates) is not consulted, but everything else is: the endorsed
+ * certificate names exactly the trust domain and is a CA; both it and its
+ * signer are within their validity; the signer's name constraints permit it.
+ * Use the result as anchors for one verification, until the real bundle is
+ * fetched over the connection they authenticated.
+ */
+export function endorsedAuthorities(
+  candidates: readonly X509Certificate[],
+  bundles: BundleSource,
+  td: TrustDomain,
+  opts: { now?: Date; clockToleranceMs?: number } = {},
+): EndorsedAuthority[] {
+  const now = opts.now ?? new Date();
+  const tolerance = Math.max(0, opts.clockToleranceMs ?? 0);
+  const roots = bundles.bundleFor(td)?.x509Authorities ?? [];
+  const out: EndorsedAuthority[] = [];
+  for (const c of candidates.slice(0, MAX_PATH)) {
+    let p: CertificateProfile;
+    try {
+      p = profileOf(c, 'the endorsed CA');
+      intermediateProfile(p, 'the endorsed CA');
+      checkValidity(p, now, 'the endorsed CA', tolerance);
+    } catch (e) {
+      if (e instanceof X509SvidError) continue;
+      throw e;
+    }
+    if (p.uris.length !== 1 || p.uris[0] !== td.idString) continue;
+    for (const r of roots) {
+      if (r.raw.equals(c.raw) || signedBy(c, r) !== 'ok' || !c.checkIssued(r)) continue;
+      try {
+        const rp = profileOf(r, 'the endorsing authority');
+        checkIssuerProfile(rp, 'the endorsing authority');
+        checkValidity(rp, now, 'the endorsing authority', tolerance);
+        checkNameConstraints(rp, [p], 'the endorsing authority');
+      } catch (e) {
+        if (e instanceof X509SvidError) continue;
+        throw e;
+      }
+      out.push({ authority: c, endorsedBy: r });
+      break;
+    }
+  }
+  return out;
+}

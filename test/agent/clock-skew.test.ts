@@ -19,6 +19,8 @@ import { ServerCertificateError, verifyServerChain } from '../../src/agent/attes
 import { agentConfigSchema, ConfigError, parseConfigText } from '../../src/config/index.js';
 import { parseSelector, serverIdOf } from '../../src/server/store/index.js';
 import { TrustDomain } from '../../src/spiffe/id.js';
+import { parseDerCertificates } from '../../src/spiffe/index.js';
+import { header, StreamReader, workloadClient, type X509SvidResponse } from '../workload/client.js';
 import { writeAgentConfig } from './agent-config.js';
 import { TD, TestServer } from './server-harness.js';
 
@@ -136,8 +138,20 @@ describe('an agent 90 s behind the server', () => {
       expect(a.lines().filter((l) => l.msg === 'node attested')).toHaveLength(1);
       expect(a.lines().some((l) => l.msg.includes('retrying attestation'))).toBe(false);
       expect(existsSync(a.socket)).toBe(true);
-      // Workload X.509-SVIDs are checked by the SVID manager (src/agent/manager/svid-manager.ts), which
-      // does not take the tolerance yet: see docs/agent.md, "Clock skew".
+      // The workload's X.509-SVID is "not yet valid" at the agent's clock too: served, within the tolerance.
+      const client = workloadClient(a.socket);
+      try {
+        const r = new StreamReader<X509SvidResponse>(client.FetchX509SVID({}, header()));
+        const m = await r.next(20_000);
+        r.cancel();
+        expect(m.svids.map((x) => x.spiffe_id)).toEqual([`spiffe://${TD}/web`]);
+        const leaf = parseDerCertificates(m.svids[0]!.x509_svid)[0]!;
+        // Issued on the server's clock, 90 s ahead of the agent's: not yet valid where it was checked.
+        expect(Date.parse(leaf.validFrom)).toBeGreaterThan(Date.now() - 90_000);
+        expect(a.lines().some((l) => /X\.509-SVID.*(refused|not yet valid)/i.test(l.msg))).toBe(false);
+      } finally {
+        client.close();
+      }
     } finally {
       expect(await a.stop()).toBe(0);
     }

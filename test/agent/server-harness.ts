@@ -13,7 +13,7 @@ import { Hsm } from '../../src/hsm/index.js';
 import { memoryAuditLog } from '../../src/log/index.js';
 import { loadPolicy } from '../../src/policy/index.js';
 import { Attestor, firmwarePolicies } from '../../src/server/attestation/index.js';
-import { CertificateAuthority, MemoryCaJournal } from '../../src/server/ca/index.js';
+import { CertificateAuthority, MemoryCaJournal, type CertificateAuthorityOptions } from '../../src/server/ca/index.js';
 import { NodeApiServer } from '../../src/server/node-api/index.js';
 import { SqliteDatastore } from '../../src/server/store/index.js';
 import { TrustDomain } from '../../src/spiffe/id.js';
@@ -24,6 +24,8 @@ const SWTPM_DEV_POLICY = new URL('../../firmware-policies/swtpm-dev.yaml', impor
 export interface ServerOptions {
   readonly manufacturerCaPems: readonly string[];
   readonly agentSvidTtlSeconds: number;
+  /** The CA's lifetimes and schedule (default: a 1-day CA, 1-hour SVIDs, rotation only when called). */
+  readonly ca?: Pick<CertificateAuthorityOptions, 'x509' | 'jwt' | 'schedule' | 'backdateSeconds' | 'rotationCheckIntervalMs' | 'minPublishSeconds'>;
 }
 
 export class TestServer {
@@ -34,30 +36,28 @@ export class TestServer {
     readonly dir: string,
     readonly token: SoftHsmToken,
     readonly hsm: Hsm,
-    readonly ca: CertificateAuthority,
+    public ca: CertificateAuthority,
     readonly store: SqliteDatastore,
-    readonly attestor: Attestor,
+    public attestor: Attestor,
+    private readonly options: ServerOptions,
+    private readonly journal: MemoryCaJournal,
   ) {}
 
-  static async create(o: ServerOptions): Promise<TestServer> {
-    const dir = await mkdtemp(join(tmpdir(), 'keel-agent-it-'));
-    const token = await createSoftHsmToken({ label: 'keel-agent-it' });
-    process.env.SOFTHSM2_CONF = token.conf;
-    const pinEnv = `KEEL_AGENT_IT_PIN_${process.pid}`;
-    process.env[pinEnv] = token.pin;
-    const hsm = await Hsm.open({ module: token.module, token: { label: 'keel-agent-it' }, pin: { env: pinEnv }, sessions: 4 });
-    const ca = await CertificateAuthority.open({
+  private static openCa(hsm: Hsm, journal: MemoryCaJournal, o: ServerOptions): Promise<CertificateAuthority> {
+    return CertificateAuthority.open({
       trustDomain: TD,
       keys: hsm,
-      journal: new MemoryCaJournal(),
+      journal,
       keyLabelPrefix: `agent-it-${process.pid}`,
       rotationCheckIntervalMs: 0,
       x509: { caTtlSeconds: 86_400, svidMaxTtlSeconds: 3_600 },
       jwt: { keyTtlSeconds: 86_400, svidMaxTtlSeconds: 600 },
+      ...o.ca,
     });
-    const store = SqliteDatastore.open({ path: join(dir, 'keel.db') });
-    const audit = memoryAuditLog();
-    const attestor = new Attestor({
+  }
+
+  private static attestorFor(ca: CertificateAuthority, store: SqliteDatastore, audit: ReturnType<typeof memoryAuditLog>, o: ServerOptions): Attestor {
+    return new Attestor({
       trustDomain: TrustDomain.parse(TD),
       store,
       ca,
@@ -69,7 +69,37 @@ export class TestServer {
       maxEventLogBytes: 1 << 20,
       audit,
     });
-    return new TestServer(audit, dir, token, hsm, ca, store, attestor);
+  }
+
+  /**
+   * The whole server down, as a process exit would take it: the Node API and
+   * the CA (no rotation runs meanwhile). restart() brings both back on the
+   * same port, HSM token, journal and store.
+   */
+  async down(): Promise<void> {
+    await this.stop();
+    await this.ca.close();
+  }
+
+  async restart(): Promise<void> {
+    this.ca = await TestServer.openCa(this.hsm, this.journal, this.options);
+    this.attestor = TestServer.attestorFor(this.ca, this.store, this.audit, this.options);
+    await this.start();
+  }
+
+  static async create(o: ServerOptions): Promise<TestServer> {
+    const dir = await mkdtemp(join(tmpdir(), 'keel-agent-it-'));
+    const token = await createSoftHsmToken({ label: 'keel-agent-it' });
+    process.env.SOFTHSM2_CONF = token.conf;
+    const pinEnv = `KEEL_AGENT_IT_PIN_${process.pid}`;
+    process.env[pinEnv] = token.pin;
+    const hsm = await Hsm.open({ module: token.module, token: { label: 'keel-agent-it' }, pin: { env: pinEnv }, sessions: 4 });
+    const journal = new MemoryCaJournal();
+    const ca = await TestServer.openCa(hsm, journal, o);
+    const store = SqliteDatastore.open({ path: join(dir, 'keel.db') });
+    const audit = memoryAuditLog();
+    const attestor = TestServer.attestorFor(ca, store, audit, o);
+    return new TestServer(audit, dir, token, hsm, ca, store, attestor, o, journal);
   }
 
   /** PEM of the CA certificates: the agent's bootstrap trust. */

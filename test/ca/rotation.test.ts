@@ -4,13 +4,14 @@
  * valid, then removed from the bundle and destroyed in the HSM.
  */
 import { X509Certificate } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { copyFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Hsm } from '../../src/hsm/index.js';
 import { CertificateAuthority, FileCaJournal, nextRotationStep, DEFAULT_SCHEDULE, type AuthoritySlot } from '../../src/server/ca/index.js';
-import type { TrustBundle } from '../../src/spiffe/index.js';
+import { bundleFromX509Der, endorsedAuthorities, type TrustBundle } from '../../src/spiffe/index.js';
+import { TrustDomain } from '../../src/spiffe/id.js';
 import { caTestToken, ecKey, makeCsr, FakeClock, type CaTestToken } from './helpers.js';
 
 describe('rotation schedule (pure)', () => {
@@ -117,6 +118,19 @@ describe('rotation on SoftHSM with a fake clock', () => {
     expect(byTwo.caKeyLabel).toBe('keel-x509-ca-2');
     const caTwo = ca.status().find((s) => s.label === 'keel-x509-ca-2')!.certificateDer!;
     expect(new X509Certificate(byTwo.certDer).verify(new X509Certificate(caTwo).publicKey)).toBe(true);
+    // Key 2's rollover certificate: its name and key, signed by key 1, valid while key 1 is.
+    const caOne = new X509Certificate(ca.status().find((s) => s.label === 'keel-x509-ca-1')!.certificateDer!);
+    const rollover = ca.rolloverCertificates().map((d) => new X509Certificate(d));
+    expect(rollover).toHaveLength(1);
+    expect(rollover[0]!.subject).toBe(new X509Certificate(caTwo).subject);
+    expect(rollover[0]!.issuer).toBe(caOne.subject);
+    expect(rollover[0]!.publicKey.equals(new X509Certificate(caTwo).publicKey)).toBe(true);
+    expect(rollover[0]!.verify(caOne.publicKey)).toBe(true);
+    expect(rollover[0]!.checkIssued(caOne)).toBe(true);
+    expect(rollover[0]!.ca).toBe(true);
+    expect(Date.parse(rollover[0]!.validTo)).toBe(Date.parse(caOne.validTo));
+    // The leaves of key 2 verify through it from key 1 alone (as an agent that missed the rotation checks them).
+    expect(endorsedAuthorities(rollover, bundleFromX509Der('example.org', caOne.raw), TrustDomain.parse('example.org'), { now: new Date(clock.ms) }).map((e) => e.authority.raw)).toEqual([rollover[0]!.raw]);
     const jwtTwo = await ca.mintJwtSvid({ spiffeId: 'spiffe://example.org/w', audience: 'x', ttlSeconds: 60 });
     expect(jwtTwo.kid).not.toBe(lastJwt.kid);
     expect(ca.bundle().x509Authorities).toHaveLength(2);
@@ -142,8 +156,38 @@ describe('rotation on SoftHSM with a fake clock', () => {
     // Key 2 was prepared at t=300 and lives to t=900: its successor comes at t=600.
     await at(599);
     expect(states('x509')).toEqual(['2:active']);
+    // Key 1 is gone but its rollover certificate of key 2 is served until key 1's end (t=600).
+    expect(ca.rolloverCertificates()).toHaveLength(1);
     await at(600);
     expect(states('x509')).toEqual(['2:active', '3:prepared']);
+    expect(ca.rolloverCertificates()).toEqual([]);
+
+    // Key 3's rollover certificate (signed by key 2) is in the journal: a restart on a copy of it finds the same one.
+    const three = ca.status().find((s) => s.label === 'keel-x509-ca-3')!;
+    expect(three.rolloverCertificatesDer).toHaveLength(1);
+    expect(new X509Certificate(three.rolloverCertificatesDer![0]!).verify(new X509Certificate(caTwo).publicKey)).toBe(true);
+    const copy = await mkdtemp(join(tmpdir(), 'keel-ca-rot-copy-'));
+    try {
+      await copyFile(join(dir, 'ca-journal.json'), join(copy, 'ca-journal.json'));
+      const again = await CertificateAuthority.open({
+        trustDomain: 'example.org',
+        keys: hsm,
+        journal: new FileCaJournal(copy),
+        now: clock.now,
+        rotationCheckIntervalMs: 0,
+        backdateSeconds: 0,
+        x509: { caTtlSeconds: 600, svidMaxTtlSeconds: 100 },
+        jwt: { keyTtlSeconds: 600, svidMaxTtlSeconds: 100 },
+      });
+      try {
+        const restored = again.status().find((s) => s.label === 'keel-x509-ca-3')!;
+        expect(restored.rolloverCertificatesDer!.map((d) => d.toString('hex'))).toEqual(three.rolloverCertificatesDer!.map((d) => d.toString('hex')));
+      } finally {
+        await again.close();
+      }
+    } finally {
+      await rm(copy, { recursive: true, force: true });
+    }
   });
 
   it('old keys whose SVIDs expired, or that signed nothing, leave at activation; SVIDs clamp to the CA end', async () => {

@@ -11,6 +11,7 @@ import { bundleFromX509Der, verifyX509Svid, X509SvidError } from '../../spiffe/i
 import { buildCsrWithSigner } from '../../spiffe/csr.js';
 import { tpmAgentKey, type AgentCredential, type AgentKey } from './credential.js';
 import { NodeApiClient, type Exchange, type NodeApiClientOptions, type WireAnswer, type WireAttestResult, type WireChallenge } from './node-api-client.js';
+import type { ServerCaEndorsement } from './bound-credentials.js';
 
 /** Largest event log the agent sends (the server has its own cap). */
 export const MAX_EVENT_LOG_BYTES = 16 * 1024 * 1024;
@@ -35,6 +36,8 @@ export interface ServerConnection {
   readonly trustDomain: string;
   /** Clock skew tolerated when checking what the server issued: its TLS certificate, the agent SVID (ms, default 0). */
   readonly clockToleranceMs?: number;
+  /** The server's CA was new to this agent and accepted through a rollover certificate. */
+  readonly onServerCaEndorsed?: (e: ServerCaEndorsement) => void;
 }
 
 export interface AttestNodeOptions extends ServerConnection {
@@ -194,6 +197,16 @@ async function withAk<T>(
   }
 }
 
+function connectionOf(o: ServerConnection): NodeApiClientOptions {
+  return {
+    address: o.serverAddress,
+    serverCaBundle: o.serverCaBundle,
+    trustDomain: o.trustDomain,
+    clockToleranceMs: o.clockToleranceMs ?? 0,
+    ...(o.onServerCaEndorsed ? { onServerCaEndorsed: o.onServerCaEndorsed } : {}),
+  };
+}
+
 /** Runs `f` with `given`, or with the exchange of a new client for `options`, closed afterwards. */
 async function withExchange<T>(given: Exchange | undefined, options: NodeApiClientOptions, f: (exchange: Exchange) => Promise<T>): Promise<T> {
   if (given) return f(given);
@@ -220,7 +233,7 @@ export async function attestNode(o: AttestNodeOptions): Promise<AgentSvid> {
   const csr = await agentCsr(key);
   const eventLog = await readEventLog(o.eventLogPath);
   return withAk(o.device, o.ekKind, { akBlobs, akPersistentHandle: o.akPersistentHandle }, (ak, akPublic) =>
-    withExchange(undefined, { address: o.serverAddress, serverCaBundle: o.serverCaBundle, trustDomain: o.trustDomain, clockToleranceMs: o.clockToleranceMs ?? 0 }, async (exchange) => {
+    withExchange(undefined, connectionOf(o), async (exchange) => {
       const result = await exchange(
         'Attest',
         { ek_public: ekPublic, ek_certificate: ekCertificate ?? Buffer.alloc(0), ak_public: akPublic, csr, agent_key_public: o.agentKey.public },
@@ -240,7 +253,7 @@ export async function renewAgentSvid(o: RenewAgentSvidOptions): Promise<AgentSvi
   const key = tpmAgentKey(o.device, o.agentKey);
   const csr = await agentCsr(key);
   const eventLog = await readEventLog(o.eventLogPath);
-  const connection = { address: o.serverAddress, serverCaBundle: o.serverCaBundle, trustDomain: o.trustDomain, clientSvid: o.svid, clockToleranceMs: o.clockToleranceMs ?? 0 };
+  const connection = { ...connectionOf(o), clientSvid: o.svid };
   return withAk(o.device, o.ekKind, o, (ak, akPublic) =>
     withExchange(o.exchange, connection, async (exchange) => {
       const result = await exchange('RenewAgent', { ak_public: akPublic, csr, agent_key_public: o.agentKey.public }, async (challenge) => {

@@ -20,7 +20,8 @@ import { connect as tlsConnect, type DetailedPeerCertificate, type TLSSocket } f
 import type { Socket } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { bindingMessage, encodeBindingRequest, readBindingAnswer } from '../../proto/channel-binding.js';
-import { bundleFromX509Der, verifyX509Svid, X509SvidError } from '../../spiffe/index.js';
+import { bundleFromX509Der, endorsedAuthorities, verifyX509Svid, X509SvidError } from '../../spiffe/index.js';
+import { TrustDomain } from '../../spiffe/id.js';
 import type { AgentCredential } from './credential.js';
 import { NodeApiError } from './node-api-client.js';
 
@@ -36,6 +37,8 @@ export interface BoundCredentialsOptions {
   readonly clockToleranceMs?: number;
   /** This node's clock (tests); Date.now by default. */
   readonly now?: () => number;
+  /** Called when the server's CA was accepted through a rollover certificate (it is new to this agent). */
+  readonly onServerCaEndorsed?: (e: ServerCaEndorsement) => void;
 }
 
 export type ServerCertificateFailure =
@@ -72,6 +75,8 @@ export class BindingRefusedError extends Error {
 
 const CLOCK_REASONS: ReadonlySet<string> = new Set(['not-yet-valid', 'expired']);
 const UNTRUSTED_REASONS: ReadonlySet<string> = new Set(['no-issuer', 'bad-signature', 'no-bundle-for-trust-domain']);
+/** Failures a rollover certificate may answer: no path, or one through it that X.509 path rules refuse (pathLen 0 of the old CA). */
+const ROLLOVER_REASONS: ReadonlySet<string> = new Set([...UNTRUSTED_REASONS, 'path-length-exceeded']);
 
 /** PEM text → the certificates in it (anything else between them is ignored). */
 export function pemCertificates(pem: string): X509Certificate[] {
@@ -89,11 +94,28 @@ function peerChain(t: TLSSocket): Buffer[] {
   return out;
 }
 
+/** The server's CA was new to this agent and accepted because a CA it trusts signed it (key rollover). */
+export interface ServerCaEndorsement {
+  /** The server's new CA as the rollover certificate in the chain names it: subject, the rollover certificate's SHA-256 fingerprint, its end. */
+  readonly authority: { readonly subject: string; readonly fingerprint256: string; readonly notAfter: string };
+  /** The trusted authority that signed it. */
+  readonly endorsedBy: { readonly subject: string; readonly fingerprint256: string };
+}
+
 /**
  * Checks the server's chain as an X.509-SVID for `serverId` against the
- * trusted PEM authorities, with a clock tolerance. Throws ServerCertificateError.
+ * trusted PEM authorities, with a clock tolerance. A chain with no path to
+ * them is still accepted when it carries a CA certificate of the trust
+ * domain that one of them signed (the server's rollover certificate after a
+ * CA rotation this agent did not see; see endorsedAuthorities): then the
+ * endorsement is returned, for the caller to log. Throws ServerCertificateError.
  */
-export function verifyServerChain(chainDer: readonly Buffer[], trustPem: string, serverId: string, o: { clockToleranceMs?: number; now?: Date } = {}): void {
+export function verifyServerChain(
+  chainDer: readonly Buffer[],
+  trustPem: string,
+  serverId: string,
+  o: { clockToleranceMs?: number; now?: Date } = {},
+): ServerCaEndorsement | undefined {
   const td = /^spiffe:\/\/([^/]+)\//.exec(serverId)?.[1];
   if (!td) throw new ServerCertificateError('identity', undefined, `${serverId} is not a SPIFFE ID`);
   let chain: X509Certificate[];
@@ -105,10 +127,30 @@ export function verifyServerChain(chainDer: readonly Buffer[], trustPem: string,
     throw new ServerCertificateError('identity', undefined, `unreadable certificate: ${(e as Error).message}`);
   }
   if (chain.length === 0) throw new ServerCertificateError('identity', undefined, 'the server sent no certificate');
+  const opts = { ...(o.now ? { now: o.now } : {}), clockToleranceMs: o.clockToleranceMs ?? 0 };
   let id: string;
+  let endorsement: ServerCaEndorsement | undefined;
   try {
     const bundle = bundleFromX509Der(td, Buffer.concat(roots.map((r) => r.raw)));
-    id = verifyX509Svid(chain, bundle, { ...(o.now ? { now: o.now } : {}), clockToleranceMs: o.clockToleranceMs ?? 0 }).id.toString();
+    try {
+      id = verifyX509Svid(chain, bundle, opts).id.toString();
+    } catch (e) {
+      if (!(e instanceof X509SvidError) || !ROLLOVER_REASONS.has(e.rule)) throw e;
+      const endorsed = endorsedAuthorities(chain.slice(1), bundle, TrustDomain.parse(td), opts);
+      const found = endorsed.find((a) => {
+        try {
+          id = verifyX509Svid([chain[0]!], bundleFromX509Der(td, a.authority.raw), opts).id.toString();
+          return true;
+        } catch {
+          return false;
+        }
+      });
+      if (!found) throw e;
+      endorsement = {
+        authority: { subject: found.authority.subject, fingerprint256: found.authority.fingerprint256, notAfter: found.authority.validTo },
+        endorsedBy: { subject: found.endorsedBy.subject, fingerprint256: found.endorsedBy.fingerprint256 },
+      };
+    }
   } catch (e) {
     if (e instanceof X509SvidError) {
       const reason: ServerCertificateFailure = CLOCK_REASONS.has(e.rule) ? 'clock' : UNTRUSTED_REASONS.has(e.rule) ? 'untrusted' : 'identity';
@@ -116,7 +158,8 @@ export function verifyServerChain(chainDer: readonly Buffer[], trustPem: string,
     }
     throw new ServerCertificateError('untrusted', undefined, (e as Error).message);
   }
-  if (id !== serverId) throw new ServerCertificateError('identity', undefined, `the server presented ${id}, not ${serverId}`);
+  if (id! !== serverId) throw new ServerCertificateError('identity', undefined, `the server presented ${id!}, not ${serverId}`);
+  return endorsement;
 }
 
 /** The connections one grpc-js connector is making, so that destroy() can end them. */
@@ -214,7 +257,8 @@ export class BoundChannelCredentials extends grpc.ChannelCredentials {
         () => {
           try {
             const now = this.#o.now ? new Date(this.#o.now()) : undefined;
-            verifyServerChain(peerChain(t), this.#o.trustPem(), this.#o.serverId, { clockToleranceMs: this.#o.clockToleranceMs ?? 0, ...(now ? { now } : {}) });
+            const endorsed = verifyServerChain(peerChain(t), this.#o.trustPem(), this.#o.serverId, { clockToleranceMs: this.#o.clockToleranceMs ?? 0, ...(now ? { now } : {}) });
+            if (endorsed) this.#o.onServerCaEndorsed?.(endorsed);
           } catch (e) {
             if (e instanceof ServerCertificateError) this.lastServerCertificateFailure = e;
             t.destroy();

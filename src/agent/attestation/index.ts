@@ -15,7 +15,7 @@ export {
 } from './attest.js';
 export { buildCsr, CsrKeyError } from '../../spiffe/csr.js';
 export { tpmAgentKey, softwareAgentKey, credentialOf, type AgentCredential, type AgentKey } from './credential.js';
-export { BoundChannelCredentials, BindingRefusedError, ServerCertificateError, verifyServerChain, pemCertificates, type ServerCertificateFailure } from './bound-credentials.js';
+export { BoundChannelCredentials, BindingRefusedError, ServerCertificateError, verifyServerChain, pemCertificates, type ServerCertificateFailure, type ServerCaEndorsement } from './bound-credentials.js';
 export {
   NodeApiClient,
   NodeApiError,

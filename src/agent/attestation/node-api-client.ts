@@ -5,7 +5,7 @@
  * once it has one. Refusals come back as NodeApiError with the server's reason.
  */
 import * as grpc from '@grpc/grpc-js';
-import { BoundChannelCredentials } from './bound-credentials.js';
+import { BoundChannelCredentials, type ServerCaEndorsement } from './bound-credentials.js';
 import type { AgentCredential } from './credential.js';
 import {
   nodeApiClientConstructor,
@@ -54,6 +54,8 @@ export interface NodeApiClientOptions {
   readonly maxMessageBytes?: number;
   /** Clock skew tolerated when checking the server's certificate (ms). */
   readonly clockToleranceMs?: number;
+  /** The server's CA was new to this agent and accepted through a rollover certificate. */
+  readonly onServerCaEndorsed?: (e: ServerCaEndorsement) => void;
 }
 
 export type ExchangeMethod = 'Attest' | 'RenewAgent' | 'Check';
@@ -75,6 +77,7 @@ export class NodeApiClient {
       serverId: `spiffe://${o.trustDomain}/keel/server`,
       ...(svid ? { credential: () => svid } : {}),
       clockToleranceMs: o.clockToleranceMs ?? 0,
+      ...(o.onServerCaEndorsed ? { onServerCaEndorsed: o.onServerCaEndorsed } : {}),
     });
     const Ctor = nodeApiClientConstructor();
     this.#client = new Ctor(o.address, this.#creds, {

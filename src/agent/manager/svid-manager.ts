@@ -73,6 +73,12 @@ export interface SvidManagerOptions {
   readonly maxBatch?: number;
   /** ms since the epoch; Date.now by default. */
   readonly now?: () => number;
+  /**
+   * Clock skew tolerated when checking what the server signed (ms, default
+   * 0; the agent passes agent.clock_skew_tolerance): an SVID whose notBefore
+   * is a little ahead of this node's clock is still accepted and served.
+   */
+  readonly clockToleranceMs?: number;
   /** Uniform in [0, 1), for renewal jitter. */
   readonly random?: () => number;
   /** A workload key; EC P-256 by default. */
@@ -176,6 +182,7 @@ export class SvidManager implements IdentitySource {
   readonly #rotationBackoff: Backoff;
   readonly #jwtBudgetMs: number;
   readonly #jwtAttemptMs: number;
+  readonly #clockToleranceMs: number;
 
   #entries = new Map<string, ManagedEntry>();
   #kinds = new Set<SelectorKind>();
@@ -227,6 +234,7 @@ export class SvidManager implements IdentitySource {
     this.#rotationBackoff = new Backoff(o.backoff);
     this.#jwtBudgetMs = o.jwtFetch?.budgetMs ?? JWT_FETCH_BUDGET_MS;
     this.#jwtAttemptMs = o.jwtFetch?.attemptTimeoutMs ?? JWT_ATTEMPT_TIMEOUT_MS;
+    this.#clockToleranceMs = o.clockToleranceMs ?? 0;
     this.#agentExpiresAt = o.agentSvidExpiresAt.getTime();
     const x509 = bundleFromX509Der(this.#td, o.initialX509Bundle);
     this.#own = { wire: { trustDomain: this.#td, x509Der: Buffer.from(o.initialX509Bundle), jwks: EMPTY_JWKS }, x509, jwt: undefined };
@@ -633,7 +641,10 @@ export class SvidManager implements IdentitySource {
     const leaf = chain[0];
     if (!leaf) throw new Error('empty certificate chain');
     if (!leaf.publicKey.equals(createPublicKey(key))) throw new Error('the SVID does not certify the key of the CSR');
-    const verified = verifyX509Svid(chain, this.#own.x509 ?? bundleFromX509Der(this.#td, this.#own.wire.x509Der), { now: new Date(this.#now()) });
+    const verified = verifyX509Svid(chain, this.#own.x509 ?? bundleFromX509Der(this.#td, this.#own.wire.x509Der), {
+      now: new Date(this.#now()),
+      clockToleranceMs: this.#clockToleranceMs,
+    });
     if (!verified.id.equals(entry.spiffeId)) throw new Error(`the SVID names ${verified.id.toString()}, the entry ${entry.spiffeId.toString()}`);
     return {
       chainDer: r.cert_chain.map((d) => Buffer.from(d)),

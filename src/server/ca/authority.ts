@@ -4,7 +4,7 @@
  * a restart through the journal (labels, ids, certificates, states).
  */
 import { dnsNameProblem } from '../../spiffe/dns-name.js';
-import { X509Certificate, randomBytes } from 'node:crypto';
+import { X509Certificate, randomBytes, type KeyObject } from 'node:crypto';
 import { SpiffeId, TrustDomain } from '../../spiffe/id.js';
 import type { Signer } from '../../spiffe/signer.js';
 import { TrustBundle } from '../../spiffe/bundle.js';
@@ -141,6 +141,8 @@ export interface AuthorityStatus {
   readonly issuedUntil: Date | null;
   /** x509: the CA certificate; jwt: undefined. */
   readonly certificateDer?: Buffer;
+  /** x509: its rollover certificates (signed by the key active when it was prepared). */
+  readonly rolloverCertificatesDer?: readonly Buffer[];
   /** jwt: the kid. */
   readonly kid?: string;
 }
@@ -165,12 +167,28 @@ interface Slot extends AuthoritySlot {
 interface X509Slot extends Slot {
   readonly cert: CaCertificateInfo;
   readonly template: LeafTemplate;
+  /** This CA certificate signed by the key that was active when this one was prepared (rollover; DER). */
+  readonly endorsements: readonly Buffer[];
 }
 interface JwtSlot extends Slot {
   readonly kid: string;
 }
 
 const MAX_DNS_NAMES = 32;
+
+/** A rollover certificate read back (journal) or just made: for `cert`'s key and name, issued by another CA. */
+function checkedEndorsement(der: Buffer, cert: CaCertificateInfo, label: string): Buffer {
+  let e: CaCertificateInfo;
+  try {
+    e = readCaCertificate(der);
+  } catch (err) {
+    throw new CaStateError(`the rollover certificate of ${label} does not parse: ${(err as Error).message}`);
+  }
+  if (!e.publicKey.equals(cert.publicKey) || !e.subjectNameDer.equals(cert.subjectNameDer) || e.selfSigned) {
+    throw new CaStateError(`the rollover certificate of ${label} is not for its key and name`);
+  }
+  return der;
+}
 function jwtIssuerOf(v: unknown): string {
   const issuer = normalizeJwtIssuer(v);
   if (issuer === undefined) throw new CaConfigError('jwt.issuer', 'must be an https URL without userinfo, query or fragment');
@@ -193,7 +211,7 @@ function slotStatus(kind: 'x509' | 'jwt', s: Slot): AuthorityStatus {
     notBefore: new Date(s.notBeforeMs),
     notAfter: new Date(s.notAfterMs),
     issuedUntil: s.issuedUntilMs === null ? null : new Date(s.issuedUntilMs),
-    ...('cert' in s ? { certificateDer: (s as X509Slot).cert.der } : {}),
+    ...('cert' in s ? { certificateDer: (s as X509Slot).cert.der, rolloverCertificatesDer: (s as X509Slot).endorsements } : {}),
     ...('kid' in s ? { kid: (s as JwtSlot).kid } : {}),
   };
 }
@@ -226,6 +244,9 @@ export class CertificateAuthority {
   private activeX509: X509Slot | undefined;
   private activeJwt: JwtSlot | undefined;
   private readonly listeners = new Set<(b: TrustBundle) => void>();
+  private readonly activationListeners = new Set<() => void>();
+  /** The active X.509 CA certificate last announced to activation listeners. */
+  private announcedActive: Buffer | undefined;
   private rotating: Promise<void> = Promise.resolve();
   private saving: Promise<void> | undefined;
   private dirty = false;
@@ -377,7 +398,8 @@ export class CertificateAuthority {
       if (this.upstream ? !cert.x509.verify(this.upstream.cert.publicKey) : !cert.selfSigned) {
         throw new CaConfigError('x509.upstream', `CA certificate ${j.label} in the journal was not issued ${this.upstream ? 'by the configured upstream' : 'self-signed'}`);
       }
-      this.x509.push(this.x509Slot(j.index, j.state, key, cert, j.issuedUntilMs));
+      const endorsements = (j.endorsements ?? []).map((b64) => checkedEndorsement(Buffer.from(b64, 'base64'), cert, j.label));
+      this.x509.push(this.x509Slot(j.index, j.state, key, cert, j.issuedUntilMs, endorsements));
     }
     for (const j of state.jwt) {
       const key = await this.findJournalKey(j.label, j.keyId);
@@ -398,7 +420,7 @@ export class CertificateAuthority {
     return key;
   }
 
-  private x509Slot(index: number, state: AuthorityState, key: CaKeyHandle, cert: CaCertificateInfo, issuedUntil: number | null): X509Slot {
+  private x509Slot(index: number, state: AuthorityState, key: CaKeyHandle, cert: CaCertificateInfo, issuedUntil: number | null, endorsements: readonly Buffer[] = []): X509Slot {
     const signer = this.keys.signer(key, algorithmForKeyType(key.type));
     return {
       index,
@@ -413,6 +435,7 @@ export class CertificateAuthority {
       durableUntilMs: issuedUntil,
       pendingUntilMs: issuedUntil,
       template: new LeafTemplate({ algorithm: signer.algorithm, issuerNameDer: cert.subjectNameDer, issuerKeyId: cert.subjectKeyId, organization: this.organization }),
+      endorsements,
     };
   }
 
@@ -441,7 +464,11 @@ export class CertificateAuthority {
       trustDomain: this.trustDomain.name,
       bundleSequence: this.sequence,
       nextIndex: { ...this.nextIndex },
-      x509: this.x509.map((s) => ({ ...entry(s), certificate: s.cert.der.toString('base64') })),
+      x509: this.x509.map((s) => ({
+        ...entry(s),
+        certificate: s.cert.der.toString('base64'),
+        ...(s.endorsements.length ? { endorsements: s.endorsements.map((d) => d.toString('base64')) } : {}),
+      })),
       jwt: this.jwt.map((s) => ({ ...entry(s), kid: s.kid })),
     };
     return {
@@ -677,6 +704,12 @@ export class CertificateAuthority {
     return () => this.listeners.delete(listener);
   }
 
+  /** Called after another X.509 CA key became active (the bundle itself may not have changed); returns the unsubscribe function. */
+  onActivation(listener: () => void): () => void {
+    this.activationListeners.add(listener);
+    return () => this.activationListeners.delete(listener);
+  }
+
   /** Every key the CA holds, with its state: for the admin API and tests. */
   status(): AuthorityStatus[] {
     return [...this.x509.map((s) => slotStatus('x509', s)), ...this.jwt.map((s) => slotStatus('jwt', s))];
@@ -765,6 +798,17 @@ export class CertificateAuthority {
       for (const k of doomed) {
         await this.keys.destroyKey(k).catch((e: unknown) => this.onError(e));
       }
+      const active = this.activeX509?.cert.der;
+      if (active && this.announcedActive && !active.equals(this.announcedActive)) {
+        for (const l of this.activationListeners) {
+          try {
+            l();
+          } catch (e) {
+            this.onError(e);
+          }
+        }
+      }
+      this.announcedActive = active;
       if (key !== this.announcedKey) {
         this.announcedKey = key;
         const b = this.bundle();
@@ -817,10 +861,11 @@ export class CertificateAuthority {
       const notBeforeMs = floorSecond(nowMs - this.backdateMs);
       let notAfterMs = floorSecond(nowMs + this.caTtlMs);
       if (this.upstream) notAfterMs = Math.min(notAfterMs, this.upstream.cert.notAfterMs);
+      const subject = { organization: this.organization, commonName: `${this.trustDomain.name} X.509 CA ${index}` };
       const der = await buildCaCertificate({
         trustDomain: this.trustDomain,
         publicKey: key.publicKey,
-        subject: { organization: this.organization, commonName: `${this.trustDomain.name} X.509 CA ${index}` },
+        subject,
         serial: randomSerial(),
         notBeforeMs,
         notAfterMs,
@@ -830,7 +875,8 @@ export class CertificateAuthority {
       });
       const cert = readCaCertificate(der);
       if (this.upstream && !cert.x509.verify(this.upstream.cert.publicKey)) throw new CaStateError('the upstream signature on the new CA certificate does not verify');
-      slot = this.x509Slot(index, 'prepared', key, cert, null);
+      const endorsement = this.upstream ? undefined : await this.endorse(key.publicKey, subject, notBeforeMs, notAfterMs, nowMs);
+      slot = this.x509Slot(index, 'prepared', key, cert, null, endorsement ? [checkedEndorsement(endorsement, cert, key.label)] : []);
     } catch (e) {
       await this.keys.destroyKey(key).catch(() => undefined);
       throw e;
@@ -838,6 +884,44 @@ export class CertificateAuthority {
     slot.publishedSinceMs = nowMs;
     this.x509.push(slot);
     await this.persist();
+  }
+
+  /**
+   * The rollover certificate of a new CA key: its CA certificate's subject
+   * and key, signed by the active key, valid only while both are. A relying
+   * party that has only the active key's certificate (an agent that was away
+   * during the rotation) can then accept the new CA from the server's TLS
+   * chain and fetch the bundle (endorsedAuthorities in spiffe/x509-svid.ts).
+   * None when no active key can still sign.
+   */
+  private async endorse(publicKey: KeyObject, subject: { organization: string; commonName: string }, notBeforeMs: number, notAfterMs: number, nowMs: number): Promise<Buffer | undefined> {
+    const by = this.activeX509;
+    if (!by || by.notAfterMs <= nowMs) return undefined;
+    return buildCaCertificate({
+      trustDomain: this.trustDomain,
+      publicKey,
+      subject,
+      serial: randomSerial(),
+      notBeforeMs: Math.max(notBeforeMs, by.notBeforeMs),
+      notAfterMs: Math.min(notAfterMs, by.notAfterMs),
+      issuer: { nameDer: by.cert.subjectNameDer, keyId: by.cert.subjectKeyId, signer: by.signer },
+    });
+  }
+
+  /**
+   * What follows the server's own TLS leaf after keel's chain: the active CA's
+   * rollover certificates still valid at this time (DER). Empty with an
+   * upstream CA (the roots relying parties hold do not change) or when the
+   * active key was the first.
+   */
+  rolloverCertificates(): Buffer[] {
+    const slot = this.activeX509;
+    if (!slot) return [];
+    const now = this.now();
+    return slot.endorsements.filter((d) => {
+      const c = new X509Certificate(d);
+      return Date.parse(c.validTo) > now;
+    });
   }
 
   private async prepareJwtKey(nowMs: number): Promise<void> {

@@ -30,7 +30,18 @@ const journalSchema = z
     trustDomain: z.string().min(1),
     bundleSequence: z.number().int().nonnegative(),
     nextIndex: z.object({ x509: z.number().int().positive(), jwt: z.number().int().positive() }).strict(),
-    x509: z.array(z.object({ ...authorityBase, certificate: z.string().regex(/^[A-Za-z0-9+/=]+$/) }).strict()).max(64),
+    x509: z
+      .array(
+        z
+          .object({
+            ...authorityBase,
+            certificate: z.string().regex(/^[A-Za-z0-9+/=]+$/),
+            /** Rollover certificates: this CA certificate signed by the key active when it was prepared. */
+            endorsements: z.array(z.string().regex(/^[A-Za-z0-9+/=]+$/)).max(4).optional(),
+          })
+          .strict(),
+      )
+      .max(64),
     jwt: z.array(z.object({ ...authorityBase, kid: z.string().min(1).max(128) }).strict()).max(64),
   })
   .strict();

@@ -3,6 +3,10 @@
  * for a P-256 key generated in process memory (the TLS key is not the CA key,
  * which never leaves the HSM), issued by keel's CA and renewed at half life.
  * New connections pick the renewed certificate up; open ones keep theirs.
+ * It is also renewed as soon as the CA activates another key, so the TLS
+ * chain always ends in the active CA, followed by that CA's rollover
+ * certificates: an agent that knows only the previous CA (it was away
+ * during the rotation) can still authenticate the server and fetch the bundle.
  */
 import { generateKeyPairSync } from 'node:crypto';
 import { buildCsr } from '../../spiffe/csr.js';
@@ -11,7 +15,8 @@ import { derToPem, type CertificateAuthority } from '../ca/index.js';
 import { serverIdOf } from '../store/index.js';
 
 export interface ServerIdentityOptions {
-  readonly ca: Pick<CertificateAuthority, 'issueX509Svid' | 'bundle' | 'trustDomain'>;
+  readonly ca: Pick<CertificateAuthority, 'issueX509Svid' | 'bundle' | 'trustDomain'> &
+    Partial<Pick<CertificateAuthority, 'rolloverCertificates' | 'activeCaCertificate' | 'onActivation'>>;
   readonly ttlSeconds: number;
   /** DNS names for clients that check host names (keel's agent checks the SPIFFE ID instead). */
   readonly dnsNames?: readonly string[];
@@ -26,6 +31,9 @@ export class ServerIdentity {
   #renewAt: number;
   #timer: NodeJS.Timeout | undefined;
   readonly #o: ServerIdentityOptions;
+  /** The active CA certificate the current SVID was issued under. */
+  #issuer: Buffer | undefined;
+  #unsubscribe: (() => void) | undefined;
 
   private constructor(o: ServerIdentityOptions, context: SecureContextOptions, notBefore: Date, notAfter: Date) {
     this.#o = o;
@@ -37,7 +45,13 @@ export class ServerIdentity {
   static async create(o: ServerIdentityOptions): Promise<ServerIdentity> {
     const { context, notBefore, notAfter } = await issue(o);
     const id = new ServerIdentity(o, context, notBefore, notAfter);
+    id.#issuer = o.ca.activeCaCertificate?.();
     id.#schedule();
+    id.#unsubscribe = o.ca.onActivation?.(() => {
+      const active = o.ca.activeCaCertificate?.();
+      if (!active || (id.#issuer && active.equals(id.#issuer))) return;
+      id.renew().catch((e: unknown) => o.onError?.(e));
+    });
     return id;
   }
 
@@ -58,7 +72,9 @@ export class ServerIdentity {
 
   /** Issues a new SVID for a new key now (also what the timer does at half life). */
   async renew(): Promise<void> {
+    const issuer = this.#o.ca.activeCaCertificate?.();
     const { context, notBefore, notAfter } = await issue(this.#o);
+    this.#issuer = issuer;
     this.#context = context;
     for (const l of this.#listeners) l(context);
     this.#notAfter = notAfter;
@@ -81,6 +97,8 @@ export class ServerIdentity {
   }
 
   close(): void {
+    this.#unsubscribe?.();
+    this.#unsubscribe = undefined;
     clearTimeout(this.#timer);
     this.#timer = undefined;
   }
@@ -98,7 +116,7 @@ async function issue(o: ServerIdentityOptions): Promise<{ context: SecureContext
     ttlSeconds: o.ttlSeconds,
     ...(o.dnsNames ? { dnsNames: o.dnsNames } : {}),
   });
-  const chainPem = [svid.certDer, ...svid.chainDer].map((d) => derToPem(d)).join('');
+  const chainPem = [svid.certDer, ...svid.chainDer, ...(o.ca.rolloverCertificates?.() ?? [])].map((d) => derToPem(d)).join('');
   const caPem = o.ca.bundle().x509Authorities.map((c) => c.toString()).join('');
   return {
     context: { cert: chainPem, key: privateKey.export({ type: 'pkcs8', format: 'pem' }), ca: caPem },

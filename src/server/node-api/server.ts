@@ -42,7 +42,10 @@ export const MAX_SVID_BATCH = 1000;
 /** Room for everything but the event log in one message. */
 const MESSAGE_OVERHEAD = 256 * 1024;
 
-export type NodeApiCa = Pick<CertificateAuthority, 'trustDomain' | 'issueX509Svid' | 'mintJwtSvid' | 'mintWitSvid' | 'bundle' | 'status' | 'onBundleChange'>;
+export type NodeApiCa = Pick<
+  CertificateAuthority,
+  'trustDomain' | 'issueX509Svid' | 'mintJwtSvid' | 'mintWitSvid' | 'bundle' | 'status' | 'onBundleChange' | 'activeCaCertificate' | 'rolloverCertificates' | 'onActivation'
+>;
 
 export interface NodeApiServerOptions {
   /** `host:port`; port 0 picks a free one. */
