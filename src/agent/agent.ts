@@ -29,6 +29,7 @@ import type { TrustDomain } from '../spiffe/id.js';
 import { TpmDevice, type AgentKeyHandle, type AkBlobs } from '../tpm/device.js';
 import { TpmConnectionError, TpmDeviceError, TpmError, TpmObjectError } from '../tpm/tpm-error.js';
 import { X509SvidError } from '../spiffe/index.js';
+import { formatHostPort, ServerAddresses } from './server-addresses.js';
 import { AgentAttestationError, AgentClockError, attestNode, checkNode, NodeApiError, renewAgentSvid, tpmAgentKey, type AgentKey, type AgentSvid, type ServerCaEndorsement } from './attestation/index.js';
 import { AgentSvidRotator, Backoff, formatDelay, SvidManager, type AgentIdentity, type BackoffOptions } from './manager/index.js';
 import { NodeSession } from './node-client.js';
@@ -219,7 +220,7 @@ function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
 export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
   const { config, logger: log } = o;
   const td: TrustDomain = config.trust_domain;
-  const serverAddress = `${config.server.address.host.includes(':') ? `[${config.server.address.host}]` : config.server.address.host}:${config.server.address.port}`;
+  const servers = new ServerAddresses(config.server.address.map(formatHostPort));
   try {
     await mkdir(config.data_dir, { recursive: true, mode: 0o700 });
     await chmod(config.data_dir, 0o700);
@@ -305,7 +306,7 @@ export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
     const agentKey = tpmAgentKey(device, agentKeyHandle);
     const keyHandle = agentKeyHandle;
     const attest = async (): Promise<AgentIdentity> => {
-      const svid = await attestNode({ device, ekKind, ...akRef, agentKey: keyHandle, eventLogPath, serverAddress, serverCaBundle: serverTrust(), trustDomain: td.name, clockToleranceMs, onServerCaEndorsed });
+      const svid = await attestNode({ device, ekKind, ...akRef, agentKey: keyHandle, eventLogPath, serverAddress: servers.current, serverCaBundle: serverTrust(), trustDomain: td.name, clockToleranceMs, onServerCaEndorsed });
       return identityOf(svid, agentKey);
     };
 
@@ -321,6 +322,10 @@ export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
       } catch (e) {
         const why = startupFailure(e);
         if (!why) throw e;
+        // Another server may be up: the next attempt goes there (after the same backoff).
+        const tried = servers.current;
+        const moved = why.reason === 'transport' ? servers.failedOver(tried) : undefined;
+        if (moved) log.warn('server unreachable, attesting through the next server', { from: moved.from, to: moved.to, detail: why.detail });
         const delay = backoff.next();
         const fields = { reason: why.reason, detail: why.detail, attempt: backoff.attempts };
         if (why.reason === 'server-certificate-untrusted') await rereadBootstrap(why.detail);
@@ -332,7 +337,8 @@ export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
     log.info('node attested', { spiffeId: identity.spiffeId, expiresAt: identity.expiresAt });
 
     session = new NodeSession({
-      address: serverAddress,
+      address: servers,
+      onFailover: (f) => log.warn('server unreachable, moving to the next server (no re-attestation)', f),
       trustDomain: td.name,
       serverTrust,
       svid: identity,
@@ -391,7 +397,7 @@ export async function startAgent(o: StartAgentOptions): Promise<RunningAgent> {
           agentKey: keyHandle,
           exchange: (method, params, answer) => s.exchange(method, params, answer),
           eventLogPath,
-          serverAddress,
+          serverAddress: servers.current,
           serverCaBundle: serverTrust(),
           trustDomain: td.name,
           clockToleranceMs,

@@ -27,11 +27,14 @@ import {
   type WireX509SvidResult,
 } from './attestation/index.js';
 import { nodeApiClientConstructor } from './attestation/proto.js';
+import { ServerAddresses } from './server-addresses.js';
 import type { NodeApi, SyncHandlers } from './manager/node-api.js';
 
 export interface NodeSessionOptions {
-  /** `host:port` of the server's Node API. */
-  readonly address: string;
+  /** `host:port` of the server's Node API, or the servers that share one store (each connection to the current one; see ServerAddresses). */
+  readonly address: string | ServerAddresses;
+  /** The session moved to another server after a transport failure. */
+  readonly onFailover?: (e: { from: string; to: string; detail: string }) => void;
   readonly trustDomain: string;
   /** PEM authorities the server's certificate must chain to; asked again each time the channel is rebuilt (the bundle rotates). */
   readonly serverTrust: () => string;
@@ -69,8 +72,14 @@ export class NodeSession implements NodeApi {
   #closed = false;
   readonly #syncs = new Set<SyncSubscription>();
 
+  readonly #addresses: ServerAddresses;
+  /** The address the current channel goes to. */
+  #target: string;
+
   constructor(o: NodeSessionOptions) {
     this.#o = o;
+    this.#addresses = typeof o.address === 'string' ? new ServerAddresses([o.address]) : o.address;
+    this.#target = this.#addresses.current;
     this.#serverId = `spiffe://${o.trustDomain}/keel/server`;
     this.#svid = o.svid;
     this.#client = this.#connect();
@@ -86,8 +95,9 @@ export class NodeSession implements NodeApi {
     });
     this.#creds = creds;
     const Ctor = nodeApiClientConstructor();
-    return new Ctor(this.#o.address, creds, {
-      'grpc.default_authority': this.#o.address,
+    this.#target = this.#addresses.current;
+    return new Ctor(this.#target, creds, {
+      'grpc.default_authority': this.#target,
       'grpc.max_receive_message_length': 64 * 1024 * 1024,
       'grpc.keepalive_time_ms': this.#o.keepaliveMs ?? 30_000,
       'grpc.keepalive_timeout_ms': 10_000,
@@ -112,6 +122,10 @@ export class NodeSession implements NodeApi {
     const err = this.#creds.failureOf(e);
     if (err.reason.startsWith('server-certificate-')) this.#o.onServerCertificateRefused?.(err);
     if (err.reason === 'transport' || err.reason === 'tpm' || err.reason.startsWith('server-certificate-')) this.#stale = true;
+    if (err.reason === 'transport') {
+      const moved = this.#addresses.failedOver(this.#target);
+      if (moved) this.#o.onFailover?.({ ...moved, detail: err.detail });
+    }
     return err;
   }
 

@@ -37,7 +37,13 @@ const persistentHandle = () =>
 const agentSection = z.strictObject({
   trust_domain: trustDomain(),
   server: z.strictObject({
-    address: hostPort(),
+    /**
+     * The server's Node API: one `host:port`, or a list of the servers that
+     * share one store (tried in order; the agent moves to the next when one
+     * is unreachable, without re-attesting). A name that resolves to several
+     * addresses is tried address by address as well.
+     */
+    address: z.union([hostPort(), z.array(hostPort()).min(1).max(16)]).transform((v) => (Array.isArray(v) ? v : [v])),
     /** Bootstrap trust: the server CA bundle (PEM) the agent trusts before its first sync. */
     bundle: configPath(),
   }),

@@ -9,8 +9,8 @@ import { agentConfigSchema, loadConfig, type AgentConfig } from '../../src/confi
 import { TD } from './server-harness.js';
 
 export interface AgentConfigFile {
-  /** The Node API address (TestServer.address). */
-  readonly serverAddress: string;
+  /** The Node API address (TestServer.address), or several (agent.server.address as a list). */
+  readonly serverAddress: string | readonly string[];
   /** The swtpm's TCTI. */
   readonly tcti: string;
   /** PEM written to `bundle` (relative to the directory); omitted: the file is left as it is. */
@@ -42,7 +42,7 @@ export async function writeAgentConfig(dir: string, o: AgentConfigFile): Promise
     [
       'agent:',
       `  trust_domain: ${TD}`,
-      `  server: { address: "${o.serverAddress}", bundle: ${bundle} }`,
+      `  server: { address: ${typeof o.serverAddress === 'string' ? `"${o.serverAddress}"` : `[${o.serverAddress.map((a) => `"${a}"`).join(', ')}]`}, bundle: ${bundle} }`,
       `  data_dir: ${o.dataDir ?? 'data'}`,
       ...(o.agent ?? []).map((l) => `  ${l}`),
       `  tpm: { ${tpm.join(', ')} }`,

@@ -113,8 +113,21 @@ export class TestServer {
 
   /** Starts the Node API (on the port it had before, if any). */
   async start(): Promise<void> {
-    this.api = await NodeApiServer.start({
-      address: `127.0.0.1:${this.port}`,
+    this.api = await NodeApiServer.start(this.apiOptions(`127.0.0.1:${this.port}`));
+    this.port = this.api.port;
+  }
+
+  /**
+   * A second Node API on its own port over the same CA, store and attestor:
+   * what another server process on the same database (and HSM key) serves.
+   */
+  async startReplica(): Promise<NodeApiServer> {
+    return NodeApiServer.start(this.apiOptions('127.0.0.1:0'));
+  }
+
+  private apiOptions(address: string): Parameters<typeof NodeApiServer.start>[0] {
+    return {
+      address,
       attestor: this.attestor,
       ca: this.ca,
       store: this.store,
@@ -125,8 +138,7 @@ export class TestServer {
       maxEventLogBytes: 1 << 20,
       stepTimeoutMs: 20_000,
       syncDebounceMs: 50,
-    });
-    this.port = this.api.port;
+    };
   }
 
   async stop(): Promise<void> {
