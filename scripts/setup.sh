@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(swtpm swtpm-tools softhsm2 libtss2-dev tpm2-tools opensc libp11-kit-dev pkg-config openssl python3 python3-jwt python3-jwcrypto make g++ postgresql faketime)
+PKGS=(swtpm swtpm-tools softhsm2 libtss2-dev tpm2-tools opensc libp11-kit-dev pkg-config openssl python3 python3-jwt python3-jwcrypto make g++ postgresql faketime python3-seccomp systemd)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
