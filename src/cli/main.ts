@@ -13,8 +13,10 @@ const commands: Record<string, () => Promise<Command>> = {
   'agent api validate jwt': async () => (await import('./agent/index.js')).validateJwtCommand(),
   'agent api watch': async () => (await import('./agent/index.js')).watchCommand(),
   'agent api write': async () => (await import('./agent/index.js')).writeCommand(),
+  'agent validate': async () => (await import('./validate.js')).agentValidate,
   'agent healthcheck': async () => (await import('./agent/index.js')).agentHealthcheckCommand(),
   'server run': async () => (await import('./server-run.js')).serverRun,
+  'server validate': async () => (await import('./validate.js')).serverValidate,
   'server migrate-store': async () => (await import('./migrate-store.js')).migrateStore,
   'entry create': async () => (await import('./admin/index.js')).entryCreate,
   'entry list': async () => (await import('./admin/index.js')).entryList,
@@ -32,12 +34,13 @@ const commands: Record<string, () => Promise<Command>> = {
   'bundle delete': async () => (await import('./admin/index.js')).bundleDelete,
   'healthcheck': async () => (await import('./admin/index.js')).healthcheck,
   'policy create-from-machine': async () => (await import('./policy.js')).policyCreateFromMachine,
+  version: async () => (await import('./version.js')).version,
   'policy check': async () => (await import('./policy.js')).policyCheck,
 };
 
 function usage(): string {
   const names = Object.keys(commands).sort();
-  return ['usage: keel <command> [flags]', '', 'commands:', ...names.map((n) => `  keel ${n}`), '', 'Run `keel <command> --help` for its flags.'].join('\n');
+  return ['usage: keel <command> [flags]', '', 'commands:', ...names.map((n) => `  keel ${n}`), '', 'Run `keel <command> --help` for its flags; `keel --version` for the version.'].join('\n');
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -45,6 +48,8 @@ export async function main(argv: string[]): Promise<number> {
     console.log(usage());
     return argv.length === 0 ? 2 : 0;
   }
+  // `keel --version [--json]` is `keel version`.
+  if (argv[0] === '--version' || argv[0] === '-V') argv = ['version', ...argv.slice(1)];
   // Longest matching command name wins: `agent api fetch x509` before `agent`.
   let name: string | undefined;
   for (let n = Math.min(4, argv.length); n >= 1; n--) {

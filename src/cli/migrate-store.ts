@@ -5,10 +5,10 @@
  * the SQLite file first; servers on the target may run, they see the copy
  * appear at once.
  */
-import { ConfigError, loadConfig, serverConfigSchema } from '../config/index.js';
 import { copySqliteToPostgres } from '../server/store/copy-store.js';
 import { describeConnection, StoreError } from '../server/store/index.js';
 import { CliError, parseFlags, type Command } from './command.js';
+import { configForCommand, loadServerConfig } from './config-file.js';
 
 export const migrateStore: Command = {
   usage: '--from SQLITE_FILE --to CONFIG_FILE',
@@ -18,13 +18,8 @@ export const migrateStore: Command = {
     const { values } = parseFlags(argv, { from: { type: 'string' }, to: { type: 'string' } });
     if (!values.from) throw new CliError('--from SQLITE_FILE is required', 2);
     if (!values.to) throw new CliError('--to CONFIG_FILE is required', 2);
-    let store;
-    try {
-      store = loadConfig(values.to, serverConfigSchema).server.store;
-    } catch (e) {
-      if (e instanceof ConfigError) throw new CliError(e.message);
-      throw e;
-    }
+    const to = values.to;
+    const store = configForCommand(() => loadServerConfig(to)).store;
     if (store.kind !== 'postgres') throw new CliError(`${values.to}: server.store is not postgres; nothing to migrate to`, 2);
     try {
       const report = await copySqliteToPostgres(values.from, store.connection);

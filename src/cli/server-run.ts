@@ -1,8 +1,8 @@
 /** `keel server run --config FILE`: the server process. */
-import { ConfigError, loadConfig, serverConfigSchema } from '../config/index.js';
 import { createLogger } from '../log/index.js';
 import { startServer } from '../server/server.js';
 import { CliError, parseFlags, type Command } from './command.js';
+import { configForCommand, loadServerConfig } from './config-file.js';
 
 /** Resolves on the first SIGTERM or SIGINT; a second one forces the exit. */
 export function untilSignal(onSecond: () => void): Promise<NodeJS.Signals> {
@@ -24,13 +24,8 @@ export const serverRun: Command = {
   async run(argv) {
     const { values } = parseFlags(argv, { config: { type: 'string', short: 'c' } });
     if (!values.config) throw new CliError('--config FILE is required', 2);
-    let config;
-    try {
-      config = loadConfig(values.config, serverConfigSchema).server;
-    } catch (e) {
-      if (e instanceof ConfigError) throw new CliError(e.message);
-      throw e;
-    }
+    const file = values.config;
+    const config = configForCommand(() => loadServerConfig(file));
     const logger = createLogger({ level: config.log_level });
     const server = await startServer(config, logger);
     const sig = await untilSignal(() => {

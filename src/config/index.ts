@@ -1,6 +1,6 @@
 /** keel's configuration files: the loader, the value types, the server and agent schemas. */
 export { ConfigError, type ConfigIssue } from './errors.js';
-export { formatKeyPath, loadConfig, MAX_CONFIG_BYTES, parseConfigText } from './load.js';
+export { configFileRefusal, formatKeyPath, formatMode, loadConfig, MAX_CONFIG_BYTES, parseConfigText } from './load.js';
 export {
   configPath,
   duration,

@@ -3,7 +3,7 @@
  * collected into one ConfigError with the dotted path of the offending key;
  * nothing else escapes (YAML syntax, alias bombs, oversized files included).
  */
-import { readFileSync, statSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, type Stats } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import type { z } from 'zod';
@@ -101,15 +101,50 @@ export function parseConfigText<S extends z.ZodType>(text: string, schema: S, op
   return result.data;
 }
 
-/** Reads and validates one configuration file. Throws ConfigError, and only ConfigError. */
+/** `0644`: the permission bits of a mode, as chmod writes them. */
+export function formatMode(mode: number): string {
+  return '0' + (mode & 0o7777).toString(8).padStart(3, '0');
+}
+
+/**
+ * Why a configuration file may not be trusted, or undefined when it may: it
+ * decides which CA, HSM and policies the process uses, so nobody but its
+ * owner (this process's user, or root) may be able to change it.
+ */
+export function configFileRefusal(st: Pick<Stats, 'mode' | 'uid'>, uid: number | undefined = process.getuid?.()): string | undefined {
+  if (!((st.mode & 0o170000) === 0o100000)) return 'not a regular file';
+  if (st.mode & 0o022) {
+    const who = st.mode & 0o002 ? 'world-writable' : 'group-writable';
+    return `${who} (mode ${formatMode(st.mode)}): anyone who can change it decides the CA, HSM and policies; chmod go-w it`;
+  }
+  if (uid !== undefined && st.uid !== uid && st.uid !== 0) {
+    return `owned by uid ${st.uid}, neither this process's user (uid ${uid}) nor root: chown it to one of them`;
+  }
+  return undefined;
+}
+
+/**
+ * Reads and validates one configuration file. Throws ConfigError, and only
+ * ConfigError. A file that others could have changed (group- or
+ * world-writable, or owned by another non-root user) is refused.
+ */
 export function loadConfig<S extends z.ZodType>(path: string, schema: S): z.output<S> {
   const file = resolve(path);
   let text: string;
+  let fd: number | undefined;
   try {
-    if (statSync(file).size > MAX_CONFIG_BYTES) throw new Error(`larger than ${MAX_CONFIG_BYTES} bytes`);
-    text = readFileSync(file, 'utf8');
+    fd = openSync(file, 'r');
+    // The checks are made on the open file, so a swap after them changes nothing.
+    const st = fstatSync(fd);
+    const refusal = configFileRefusal(st);
+    if (refusal !== undefined) throw new ConfigError(file, [{ path: '(file)', message: `refused: ${refusal}` }]);
+    if (st.size > MAX_CONFIG_BYTES) throw new Error(`larger than ${MAX_CONFIG_BYTES} bytes`);
+    text = readFileSync(fd, 'utf8');
   } catch (e) {
+    if (e instanceof ConfigError) throw e;
     throw new ConfigError(file, [{ path: '(file)', message: `cannot read: ${(e as Error).message}` }]);
+  } finally {
+    if (fd !== undefined) closeSync(fd);
   }
   return parseConfigText(text, schema, { file, baseDir: dirname(file) });
 }

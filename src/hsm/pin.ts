@@ -1,6 +1,6 @@
 /** Reads the user PIN from its source. Errors name the source, never the content. */
 import { createHash, randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
 import { PinSourceError } from './errors.js';
 
 /** Upper bound for a PIN file: PINs are short, and a wrong path should not slurp a large file. */
@@ -31,14 +31,44 @@ export async function readPin(source: PinSource): Promise<string> {
   return readPinSync(source);
 }
 
+/**
+ * Why a PIN file of this mode may not be used, or undefined when it may: the
+ * PIN unlocks the CA's keys, so only the file's owner may read or write it.
+ */
+export function pinFileModeRefusal(file: string, mode: number): string | undefined {
+  if ((mode & 0o170000) !== 0o100000) return `PIN file ${file} is not a regular file`;
+  if ((mode & 0o077) === 0) return undefined;
+  const octal = '0' + (mode & 0o7777).toString(8).padStart(3, '0');
+  return `PIN file ${file} has mode ${octal}: it must not be readable or writable by group or others (chmod 600 ${file})`;
+}
+
 /** The same, synchronously: for re-reading during a re-login, which happens inside a PKCS#11 call sequence. */
 export function readPinSync(source: PinSource): string {
   if ('env' in source) return fromEnv(source);
-  let buf: Buffer;
+  let fd: number;
   try {
-    buf = readFileSync(source.file);
+    fd = openSync(source.file, 'r');
   } catch (e) {
     throw readError(source.file, e);
+  }
+  let buf: Buffer;
+  try {
+    // Checked on the open file: what is read is what was checked.
+    let mode: number;
+    try {
+      mode = fstatSync(fd).mode;
+    } catch (e) {
+      throw readError(source.file, e);
+    }
+    const refusal = pinFileModeRefusal(source.file, mode);
+    if (refusal !== undefined) throw new PinSourceError(refusal);
+    try {
+      buf = readFileSync(fd);
+    } catch (e) {
+      throw readError(source.file, e);
+    }
+  } finally {
+    closeSync(fd);
   }
   return fromBuffer(source.file, buf);
 }

@@ -23,10 +23,11 @@ export class ServerStartError extends Error {
   override readonly name = 'ServerStartError';
   constructor(
     readonly path: string,
-    message: string,
+    /** What is wrong there, without the path. */
+    readonly reason: string,
     options?: { cause?: unknown },
   ) {
-    super(`${path}: ${message}`, options);
+    super(`${path}: ${reason}`, options);
   }
 }
 
@@ -73,7 +74,7 @@ function meteredAudit(inner: AuditLog, metrics: KeelMetrics): AuditLog {
 }
 
 /** A file the configuration names; a failure says which key named it. */
-async function readConfigured(path: string, key: string): Promise<Buffer> {
+export async function readConfigured(path: string, key: string): Promise<Buffer> {
   try {
     return await readFile(path);
   } catch (e) {
@@ -81,7 +82,8 @@ async function readConfigured(path: string, key: string): Promise<Buffer> {
   }
 }
 
-async function readCertificates(path: string, what: string): Promise<X509Certificate[]> {
+/** The PEM certificates of a configured file, parsed; ServerStartError naming `what` otherwise. */
+export async function readCertificates(path: string, what: string): Promise<X509Certificate[]> {
   const text = (await readConfigured(path, what)).toString('utf8');
   const ders = pemToDers(text);
   if (ders.length === 0) throw new ServerStartError(what, `${path} holds no PEM certificate`);
@@ -101,6 +103,16 @@ async function upstreamOf(cfg: NonNullable<ServerConfig['ca']['upstream']>, hsm:
   const key = await hsm.findKey({ label: cfg.key.label });
   if (!key) throw new ServerStartError('server.ca.upstream.hsm_key_label', `no key labelled ${JSON.stringify(cfg.key.label)} in the HSM`);
   return { chainDer: chain.map((c) => c.raw), signer: hsm.signer(key) };
+}
+
+/** The HSM connection the server's configuration describes. */
+export function hsmConfigOf(config: ServerConfig): HsmConfig {
+  return {
+    module: config.hsm.module,
+    token: config.hsm.token.kind === 'label' ? { label: config.hsm.token.label } : { serial: config.hsm.token.serial },
+    pin: config.hsm.pin_source.kind === 'env' ? { env: config.hsm.pin_source.name } : { file: config.hsm.pin_source.path },
+    sessions: config.hsm.sessions,
+  };
 }
 
 export async function startServer(config: ServerConfig, logger: Logger): Promise<KeelServer> {
@@ -138,13 +150,7 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     started.push(store);
     logger.info('store opened', { store: config.store.kind === 'sqlite' ? `sqlite ${config.store.path}` : describeConnection(config.store.connection) });
 
-    const hsmConfig: HsmConfig = {
-      module: config.hsm.module,
-      token: config.hsm.token.kind === 'label' ? { label: config.hsm.token.label } : { serial: config.hsm.token.serial },
-      pin: config.hsm.pin_source.kind === 'env' ? { env: config.hsm.pin_source.name } : { file: config.hsm.pin_source.path },
-      sessions: config.hsm.sessions,
-    };
-    const hsm = await Hsm.open(hsmConfig);
+    const hsm = await Hsm.open(hsmConfigOf(config));
     started.push(hsm);
 
     const x509Max = Math.max(config.svid.default_x509_ttl, config.svid.agent_ttl);

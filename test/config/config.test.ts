@@ -105,7 +105,7 @@ describe('loading a valid file', () => {
 
   it('loads the agent file with its defaults', () => {
     const c = loadConfig(write('agent.yaml', AGENT_YAML), agentConfigSchema).agent;
-    expect(c.server).toEqual({ address: { host: 'keel.example.org', port: 8081 }, bundle: join(dir, 'etc', 'bootstrap.pem') });
+    expect(c.server).toEqual({ address: [{ host: 'keel.example.org', port: 8081 }], bundle: join(dir, 'etc', 'bootstrap.pem') });
     expect(c.tpm).toEqual({ tcti: 'swtpm:host=127.0.0.1,port=2321', ek_kind: 'ecc-p384', ak_kind: 'rsa-2048', ak_persistent_handle: 0x81010002 });
     expect(c.workload_api).toEqual({ socket_path: '/run/keel/agent/api.sock', max_connections: 4096, max_connections_per_uid: 256, max_streams_per_uid: 1024, first_call_timeout: 10, idle_timeout: 300, svid_key_type: 'ec-p256' });
   });

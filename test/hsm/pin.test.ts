@@ -57,7 +57,7 @@ describe('PIN handling on a real SoftHSM token', () => {
     await expect(Hsm.open({ module: t.tok.module, token: { label: 'keel' }, pin: { env: 'KEEL_NO_SUCH_VAR' } })).rejects.toThrow(PinSourceError);
     const missing = Hsm.open({ module: t.tok.module, token: { label: 'keel' }, pin: { file: join(dir, 'absent') } });
     await expect(missing).rejects.toThrow(/cannot read PIN file .*absent: ENOENT/);
-    await writeFile(join(dir, 'empty'), '\n');
+    await writeFile(join(dir, 'empty'), '\n', { mode: 0o600 });
     await expect(Hsm.open({ module: t.tok.module, token: { label: 'keel' }, pin: { file: join(dir, 'empty') } })).rejects.toThrow(PinSourceError);
     await expect(Hsm.open({ module: t.tok.module, token: { label: 'keel' }, pin: { pin: '1234' } as never })).rejects.toThrow(HsmConfigError);
     await expect(Hsm.open({ ...t.config(), sessions: 0 })).rejects.toThrow(/sessions/);

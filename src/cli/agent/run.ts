@@ -1,8 +1,8 @@
 /** `keel agent run --config FILE`: the agent process, until SIGTERM or SIGINT. */
-import { agentConfigSchema, loadConfig } from '../../config/index.js';
 import { createLogger } from '../../log/index.js';
 import { startAgent } from '../../agent/agent.js';
 import { CliError, parseFlags, type Command } from '../command.js';
+import { configForCommand, loadAgentConfig } from '../config-file.js';
 
 export const agentRunCommand: Command = {
   usage: '--config FILE',
@@ -10,7 +10,8 @@ export const agentRunCommand: Command = {
   async run(argv) {
     const { values: v } = parseFlags(argv, { config: { type: 'string' } });
     if (!v.config) throw new CliError('--config is required', 2);
-    const config = loadConfig(v.config, agentConfigSchema).agent;
+    const file = v.config;
+    const config = configForCommand(() => loadAgentConfig(file));
     const log = createLogger({ level: config.log_level }, { service: 'keel-agent' });
     const abort = new AbortController();
     let signalled: (() => void) | undefined;

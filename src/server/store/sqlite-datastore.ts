@@ -5,6 +5,7 @@
  * connections or processes queue on the file lock instead of failing midway.
  */
 import { EventEmitter } from 'node:events';
+import { chmodSync, closeSync, openSync, statSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import type { Database as Db, Statement } from 'better-sqlite3';
 import { SpiffeId, TrustDomain } from '../../spiffe/id.js';
@@ -71,6 +72,38 @@ export interface SqliteDatastoreOptions {
 /** Thrown inside a batch transaction to roll it back after collecting every item's result. */
 class RollBack extends Error {}
 
+/** Mode of the database file and of its -wal and -shm files: they hold every entry, node and CA journal. */
+export const SQLITE_FILE_MODE = 0o600;
+
+/**
+ * Creates the database file with mode 0600 before SQLite opens it (SQLite
+ * would create it 0644 under the usual umask, and gives the -wal and -shm
+ * files the mode of the database file). An existing file of ours that group
+ * or others can read is tightened to 0600.
+ */
+function prepareDatabaseFile(path: string): void {
+  if (path === '' || path === ':memory:' || path.startsWith('file:')) return;
+  try {
+    closeSync(openSync(path, 'wx', SQLITE_FILE_MODE));
+    return;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+  }
+  tighten(path);
+}
+
+/** chmod 0600 when the file exists, is ours and is open to group or others. */
+function tighten(path: string): void {
+  let st;
+  try {
+    st = statSync(path);
+  } catch {
+    return;
+  }
+  const mine = process.getuid === undefined || st.uid === process.getuid();
+  if (st.isFile() && mine && (st.mode & 0o077) !== 0) chmodSync(path, SQLITE_FILE_MODE);
+}
+
 function toStoreError(e: unknown): StoreError {
   if (e instanceof StoreError) return e;
   const code = (e as { code?: unknown })?.code;
@@ -104,8 +137,11 @@ export class SqliteDatastore implements Datastore {
     const timeout = options.busyTimeoutMs ?? 5000;
     let db: Db | undefined;
     try {
+      prepareDatabaseFile(options.path);
       db = new Database(options.path, { timeout });
       db.pragma('journal_mode = WAL');
+      // SQLite gives them the database file's mode; older ones, made before it was 0600, are tightened.
+      if (!db.memory) for (const suffix of ['-wal', '-shm']) tighten(options.path + suffix);
       db.pragma('foreign_keys = ON');
       db.pragma(`busy_timeout = ${Math.max(0, Math.trunc(timeout))}`);
       db.pragma('synchronous = NORMAL');
