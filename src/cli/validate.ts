@@ -13,6 +13,7 @@ import { dirname, resolve } from 'node:path';
 import { ConfigError, type AgentConfig, type ConfigIssue, type ServerConfig } from '../config/index.js';
 import { CliError, parseFlags, type Command } from './command.js';
 import { loadAgentConfig, loadServerConfig } from './config-file.js';
+import { pemToDers } from '../server/ca/ca-certificate.js';
 
 export interface ValidationReport {
   readonly file: string;
@@ -78,14 +79,14 @@ function readable(r: Report, key: string, path: string): Buffer | undefined {
 function certificates(r: Report, key: string, path: string): void {
   const buf = readable(r, key, path);
   if (!buf) return;
-  const blocks = [...buf.toString('utf8').matchAll(/-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----/g)];
-  if (blocks.length === 0) {
+  const ders = pemToDers(buf.toString('utf8'));
+  if (ders.length === 0) {
     r.problem(key, `${path} holds no PEM certificate`);
     return;
   }
-  blocks.forEach((m, i) => {
+  ders.forEach((der, i) => {
     try {
-      new X509Certificate(m[0]);
+      new X509Certificate(der);
     } catch (e) {
       r.problem(key, `${path}: certificate ${i + 1} does not parse: ${errText(e)}`);
     }

@@ -74,7 +74,7 @@ function meteredAudit(inner: AuditLog, metrics: KeelMetrics): AuditLog {
 }
 
 /** A file the configuration names; a failure says which key named it. */
-export async function readConfigured(path: string, key: string): Promise<Buffer> {
+async function readConfigured(path: string, key: string): Promise<Buffer> {
   try {
     return await readFile(path);
   } catch (e) {
@@ -83,7 +83,7 @@ export async function readConfigured(path: string, key: string): Promise<Buffer>
 }
 
 /** The PEM certificates of a configured file, parsed; ServerStartError naming `what` otherwise. */
-export async function readCertificates(path: string, what: string): Promise<X509Certificate[]> {
+async function readCertificates(path: string, what: string): Promise<X509Certificate[]> {
   const text = (await readConfigured(path, what)).toString('utf8');
   const ders = pemToDers(text);
   if (ders.length === 0) throw new ServerStartError(what, `${path} holds no PEM certificate`);
