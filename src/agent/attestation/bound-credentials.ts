@@ -288,6 +288,10 @@ export class BoundChannelCredentials extends grpc.ChannelCredentials {
         ? encodeBindingRequest({ kind: 'agent', chain: cred.chain, signature })
         : encodeBindingRequest({ kind: 'anonymous' });
       const answerP = readBindingAnswer(tls, timeoutMs);
+      // When the write fails (the server closed the connection) the read fails too, after the
+      // write's error has been thrown: without a handler it would be an unhandled rejection,
+      // which ends a Node process. The read is still awaited below when the write succeeds.
+      answerP.catch(() => undefined);
       // The write must be complete before HTTP/2 takes the socket (see bound-listener.ts).
       await new Promise<void>((resolve, reject) => tls.write(frame, (err) => (err ? reject(err) : resolve())));
       const answer = await answerP;
